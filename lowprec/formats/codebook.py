@@ -1,0 +1,109 @@
+"""Lookup-table formats: a sorted list of values (NF4, the primer's 16-level table, any user list)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+
+from lowprec.formats import _bits
+from lowprec.formats.base import Format
+
+# QLoRA's NormalFloat4 (Dettmers et al. 2023, appendix E).
+NF4_VALUES = (-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+              -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+              0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+              0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0)
+# The primer's worked 16-level example (seeds/003).
+PRIMER_LUT4_VALUES = (-1.0, -0.87, -0.73, -0.6, -0.47, -0.33, -0.2, -0.07,
+                      0.07, 0.2, 0.33, 0.47, 0.6, 0.73, 0.87, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Codebook(Format):
+    """Rounds to the nearest of ``values`` (strictly increasing, finite, 2..256 of them).
+
+    Codes are indices into the table. Ties (exact midpoints, decided exactly) go to the even
+    index under ``nearest_even`` and away from zero under ``nearest_away``; values outside
+    the table's range saturate to its ends; stochastic rounding picks a neighbour with
+    probability proportional to closeness.
+    """
+
+    values_: tuple[float, ...]
+    label: str | None = dataclasses.field(default=None, compare=False)
+
+    def __init__(self, values, label: str | None = None):
+        vals = tuple(float(np.float32(v)) for v in values)
+        arr = np.asarray(vals, np.float64)
+        if not 2 <= arr.size <= 256:
+            raise ValueError(f"values must hold 2..256 entries; got {arr.size}")
+        if not np.all(np.isfinite(arr)) or not np.all(np.diff(arr) > 0):
+            raise ValueError("values must be finite and strictly increasing (after rounding to fp32)")
+        object.__setattr__(self, "values_", vals)
+        object.__setattr__(self, "label", label)
+
+    @property
+    def bits(self) -> int:
+        return max(1, int(np.ceil(np.log2(len(self.values_)))))
+
+    @property
+    def max(self) -> float:
+        return float(max(abs(self.values_[0]), abs(self.values_[-1])))
+
+    @property
+    def min(self) -> float:
+        return float(self.values_[0])
+
+    @property
+    def emax(self) -> int:
+        return int(np.floor(np.log2(self.max)))
+
+    @property
+    def name(self) -> str:
+        return self.label or "codebook(" + ",".join(f"{v:g}" for v in self.values_) + ")"
+
+    def _tables(self):
+        v = np.asarray(self.values_, np.float64)
+        mid = (v[:-1] + v[1:]) / 2
+        mid32 = mid.astype(np.float32)
+        mid_lo = np.where(mid32 > mid, np.nextafter(mid32, np.float32(-np.inf)), mid32)
+        return jnp.asarray(v, jnp.float32), jnp.asarray(mid_lo), jnp.asarray(mid_lo == mid)
+
+    def _index(self, x, rounding, rand):
+        vals, mid_lo, mid_exact = self._tables()
+        n = len(self.values_)
+        i_hi = jnp.clip(jnp.searchsorted(vals, x, side="left"), 1, n - 1)
+        i_lo = i_hi - 1
+        lo, hi = vals[i_lo], vals[i_hi]
+        if rounding in ("nearest_even", "nearest_away"):
+            m = mid_lo[i_lo]
+            tie = mid_exact[i_lo] & (x == m)
+            tie_hi = (i_hi % 2 == 0) if rounding == "nearest_even" else (x >= 0)
+            up = (x > m) & ~tie | tie & tie_hi
+        elif rounding == "toward_zero":
+            up = (x >= hi) | ((x > lo) & (jnp.abs(hi) < jnp.abs(lo)))
+        elif rounding == "down":
+            up = x >= hi
+        elif rounding == "up":
+            up = x > lo
+        else:  # stochastic
+            p = (x - lo) / (hi - lo)
+            u = (rand >> 8).astype(jnp.float32) * 2.0 ** -24
+            up = u < p
+        return jnp.where(up, i_hi, i_lo)
+
+    def _quantize_f32(self, x, rounding, rand, random_bits, overflow):
+        vals = self._tables()[0]
+        out = vals[self._index(x, rounding, rand)]
+        return jnp.where(jnp.isnan(x), x, out)
+
+    def _encode_f32(self, q):
+        return self._index(q, "nearest_even", None).astype(jnp.uint32)
+
+    def _decode_f32(self, codes):
+        vals = self._tables()[0]
+        return vals[jnp.clip(codes, 0, len(self.values_) - 1).astype(jnp.int32)]
+
+    def values(self) -> np.ndarray:
+        return np.asarray(self.values_, np.float64)

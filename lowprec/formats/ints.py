@@ -1,0 +1,90 @@
+"""Integer and fixed-point formats: ``k * 2**-frac_bits`` for integers k in a range."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+
+from lowprec.formats import _bits
+from lowprec.formats.base import Format
+from lowprec.formats.floats import _check_int
+
+
+@dataclasses.dataclass(frozen=True)
+class IntFormat(Format):
+    """``bits``-bit integers, signed (two's complement codes) or unsigned.
+
+    ``narrow_range=True`` (default) makes a signed range symmetric, [-(2**(b-1)-1), 2**(b-1)-1]
+    (int8: ±127), the usual choice for symmetric scaling; ``False`` gives the full
+    [-2**(b-1), 2**(b-1)-1]. ``frac_bits`` makes it fixed point (MXINT8: 6 fractional bits).
+    Overflow always saturates (integers have no inf or NaN codes); NaN stays NaN.
+    """
+
+    bits: int
+    signed: bool = True
+    narrow_range: bool = True
+    frac_bits: int = 0
+    label: str | None = dataclasses.field(default=None, compare=False)
+
+    def __post_init__(self):
+        _check_int("bits", self.bits, 2 if self.signed else 1, 24)
+        _check_int("frac_bits", self.frac_bits, 0, 23)
+
+    @property
+    def _kmax(self) -> int:
+        return 2 ** (self.bits - 1) - 1 if self.signed else 2 ** self.bits - 1
+
+    @property
+    def _kmin(self) -> int:
+        if not self.signed:
+            return 0
+        return -self._kmax if self.narrow_range else -(2 ** (self.bits - 1))
+
+    @property
+    def max(self) -> float:
+        return float(self._kmax * 2.0 ** -self.frac_bits)
+
+    @property
+    def min(self) -> float:
+        return float(self._kmin * 2.0 ** -self.frac_bits)
+
+    @property
+    def emax(self) -> int:
+        return int(self._kmax).bit_length() - 1 - self.frac_bits
+
+    @property
+    def name(self) -> str:
+        if self.label:
+            return self.label
+        args = [f"bits={self.bits}"]
+        for field, default in (("signed", True), ("narrow_range", True), ("frac_bits", 0)):
+            if getattr(self, field) != default:
+                args.append(f"{field}={getattr(self, field)}")
+        return f"int({','.join(args)})"
+
+    def values(self):
+        return np.arange(self._kmin, self._kmax + 1, dtype=np.float64) * 2.0 ** -self.frac_bits
+
+    def _quantize_f32(self, x, rounding, rand, random_bits, overflow):
+        sign, sig, ulp_exp, _, is_nan, _, _ = _bits.split(x)
+        shift = -self.frac_bits - ulp_exp
+        rs = _bits.round_sig(sig, shift, sign, rounding, rand, random_bits)
+        # Values beyond 2**24 are integers already (shift <= 0) and saturate below.
+        out = _bits.join(sign, rs, jnp.where(shift > 0, -self.frac_bits, ulp_exp))
+        out = jnp.clip(out, self.min, self.max)
+        if self.signed:
+            out = jnp.where(out == 0, 0.0, out)  # integers have no negative zero
+        return jnp.where(is_nan, x, out)
+
+    def _encode_f32(self, q):
+        k = jnp.round(q * 2.0 ** self.frac_bits)
+        k = jnp.where(jnp.isnan(k), 0, k).astype(jnp.int32)
+        return k.astype(jnp.uint32) & (2 ** self.bits - 1)
+
+    def _decode_f32(self, codes):
+        k = codes.astype(jnp.int32)
+        if self.signed:
+            k = jnp.where(k >= 2 ** (self.bits - 1), k - 2 ** self.bits, k)
+        return k.astype(jnp.float32) * 2.0 ** -self.frac_bits
