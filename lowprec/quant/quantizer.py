@@ -1,0 +1,176 @@
+"""The Quantizer: element format + granularity + scale rule + rounding + gradient estimator."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from lowprec.formats import OVERFLOW_POLICIES, ROUNDING_MODES, Format, get
+from lowprec.quant import scaling
+from lowprec.quant.estimators import Estimator, get_estimator
+from lowprec.quant.granularity import Granularity
+from lowprec.quant.qtensor import QTensor
+
+SOURCES = ("absmax", "delayed", "fixed")
+
+
+@dataclasses.dataclass(frozen=True)
+class Quantizer:
+    """A scaled quantizer; a frozen, hashable value (a static argument under jit).
+
+    ``q(x)`` returns the fake-quantized tensor (dequantized values, same shape and dtype);
+    its gradient follows ``estimator``. ``q.quantize(x)`` returns codes and scales
+    (a :class:`QTensor`) and ``.dequantize()`` inverts it.
+
+    Fields (strings are parsed): ``format`` (a Format or name); ``granularity`` (``"tensor"``,
+    ``"channel"``, ``"token"``, ``"block(32)"``, ``"tile(16,16)"``, ...); ``scale``: the scale
+    rule ``"fp32"``, ``"pow2_floor"`` (OCP MX / E8M0), ``"pow2_ceil"``, ``"pow2_nearest"`` or a
+    format for the scales (``"e4m3fn"``: with ``tensor_scale=True`` NVFP4's two levels);
+    ``source``: ``"absmax"`` (current), ``"delayed"`` (from an amax history passed to the call)
+    or ``"fixed"`` (``fixed_scale``); ``rounding``; ``estimator``; ``overflow``;
+    ``random_bits`` for stochastic rounding; ``double_quant``: a Quantizer for the scales
+    themselves (QLoRA's double quantization of NF4 absmax values, after removing their mean).
+    """
+
+    format: Format | str
+    granularity: Granularity | str = "tensor"
+    scale: str | Format = "fp32"
+    source: str = "absmax"
+    fixed_scale: float = 1.0
+    tensor_scale: bool = False
+    rounding: str = "nearest_even"
+    estimator: Estimator | str = "ste"
+    overflow: str = "saturate"
+    random_bits: int | None = None
+    double_quant: Quantizer | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "format", get(self.format))
+        object.__setattr__(self, "granularity", Granularity.parse(self.granularity))
+        object.__setattr__(self, "estimator", get_estimator(self.estimator))
+        scaling.check_rule(self.scale)
+        if not isinstance(self.scale, str):
+            object.__setattr__(self, "scale", self.scale.name)
+        _choice("source", self.source, SOURCES)
+        _choice("rounding", self.rounding, ROUNDING_MODES)
+        _choice("overflow", self.overflow, OVERFLOW_POLICIES)
+        if self.tensor_scale and self.scale in scaling.SCALE_RULES:
+            raise ValueError("tensor_scale=True needs scale=<a format for the group scales>, e.g. 'e4m3fn'")
+        if self.double_quant is not None and not isinstance(self.double_quant, Quantizer):
+            raise TypeError("double_quant must be a Quantizer (for the scales) or None")
+        if not self.fixed_scale > 0:
+            raise ValueError(f"fixed_scale must be positive; got {self.fixed_scale}")
+
+    def __str__(self) -> str:
+        parts = [self.format.name, str(self.granularity), f"scale={self.scale}"]
+        for field, default in (("source", "absmax"), ("rounding", "nearest_even"), ("estimator", "ste"),
+                               ("overflow", "saturate")):
+            if str(getattr(self, field)) != default:
+                parts.append(f"{field}={getattr(self, field)}")
+        if self.tensor_scale:
+            parts.append("tensor_scale")
+        if self.double_quant is not None:
+            parts.append(f"double_quant=({self.double_quant})")
+        return "Q(" + " ".join(parts) + ")"
+
+    def replace(self, **changes) -> Quantizer:
+        return dataclasses.replace(self, **changes)
+
+    # ---- scales ----
+    def amax(self, x) -> jax.Array:
+        """The current amax of each scale group (what a delayed-scaling history records)."""
+        xg, axes = self.granularity.to_groups(x)
+        return scaling.amax(xg, axes)
+
+    def _scales(self, xg, axes, amax_history, key):
+        """(scale for each group, tensor scale or None, double-quantized scale QTensor or None)."""
+        if self.source == "fixed":
+            shape = [1 if d in axes else n for d, n in enumerate(xg.shape)]
+            return jnp.full(shape, self.fixed_scale, jnp.float32), None, None
+        if self.tensor_scale:
+            group, ts = scaling.two_level_scale(xg, axes, self.format, get(self.scale))
+        else:
+            if self.source == "delayed":
+                if amax_history is None:
+                    raise ValueError("source='delayed' needs amax_history=... (see update_amax_history)")
+                am = jnp.max(amax_history, axis=0).reshape(scaling.amax(xg, axes).shape)
+            else:
+                am = scaling.amax(xg, axes)
+            group, ts = scaling.scale_from_amax(am, self.format, self.scale), None
+        dq = None
+        if self.double_quant is not None:
+            mean = jnp.mean(group)
+            dq = (self.double_quant.quantize(group.reshape(-1) - mean, key=key), mean)
+            group = (dq[0].dequantize() + mean).reshape(group.shape)
+        return group, ts, dq
+
+    def _scaled(self, x, key, amax_history):
+        xg, axes = self.granularity.to_groups(x.astype(jnp.float32) if x.dtype != jnp.float32 else x)
+        k_elem, k_scale = (None, None) if key is None else jax.random.split(key)
+        group, ts, dq = self._scales(jax.lax.stop_gradient(xg), axes, amax_history, k_scale)
+        s = group if ts is None else group * ts
+        return xg, s, k_elem, (group, ts, dq)
+
+    def _check_key(self, key):
+        if self.rounding == "stochastic" and key is None:
+            raise ValueError(f"{self}: stochastic rounding needs key=jax.random.key(...)")
+
+    # ---- fake quantization (with the estimator's gradient) ----
+    def __call__(self, x, key=None, amax_history=None) -> jax.Array:
+        """Fake-quantizes ``x``: same shape and dtype; ``jax.grad`` follows the estimator."""
+        x = jnp.asarray(x)
+        self._check_key(key)
+        return _fake_quant(self, x, key, amax_history)
+
+    def _forward(self, x, key, amax_history):
+        xg, s, k_elem, _ = self._scaled(x, key, amax_history)
+        xs = xg / s
+        q = self.format.quantize(xs, self.rounding, k_elem, overflow=self.overflow, random_bits=self.random_bits)
+        y = self.granularity.from_groups(q * s, x.shape).astype(x.dtype)
+        return y, (self.granularity.from_groups(xs, x.shape) if self.estimator.needs_input else None)
+
+    # ---- real quantization ----
+    def quantize(self, x, key=None, amax_history=None) -> QTensor:
+        """Codes and scales of ``x``; ``.dequantize()`` equals ``self(x)`` bit for bit."""
+        x = jnp.asarray(x)
+        self._check_key(key)
+        xg, s, k_elem, (group, ts, dq) = self._scaled(x, key, amax_history)
+        q = self.format.quantize(xg / s, self.rounding, k_elem, overflow=self.overflow, random_bits=self.random_bits)
+        codes = self.format._encode_f32(q).astype(self.format.code_dtype)
+        return QTensor(codes=codes, scale=group if dq is None else None, tensor_scale=ts,
+                       scale_q=None if dq is None else dq[0], scale_mean=None if dq is None else dq[1],
+                       quantizer=self, shape=tuple(x.shape), dtype=jnp.dtype(x.dtype).name,
+                       scale_shape=tuple(group.shape))
+
+
+def update_amax_history(history, amax) -> jax.Array:
+    """Rolls a delayed-scaling history (length first) and records the newest amax at index 0."""
+    return jnp.concatenate([amax.reshape((1,) + history.shape[1:]), history[:-1]], axis=0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _fake_quant(quantizer, x, key, amax_history):
+    return quantizer._forward(x, key, amax_history)[0]
+
+
+def _fake_quant_fwd(quantizer, x, key, amax_history):
+    y, xs = quantizer._forward(x, key, amax_history)
+    return y, xs
+
+
+def _fake_quant_bwd(quantizer, xs, g):
+    if xs is None:
+        return g, None, None
+    d = quantizer.estimator.derivative(xs, quantizer.format)
+    return (g.astype(jnp.float32) * d).astype(g.dtype), None, None
+
+
+_fake_quant.defvjp(_fake_quant_fwd, _fake_quant_bwd)
+
+
+def _choice(field, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"unknown {field} {value!r}; known: {', '.join(allowed)}")

@@ -1,0 +1,79 @@
+"""Scales from an amax: exact fp32, powers of two (E8M0: floor / ceil / nearest), or a Format.
+
+``scale = amax / format.max`` maps a group's largest magnitude onto the format's largest
+value; quantization divides by the scale and dequantization multiplies by it. Power-of-two
+scales are built with exact exponent arithmetic (through the E8M0 format), never pow/log2.
+Non-finite entries never set a scale (amax is over finite values) and an all-zero group gets
+scale 1.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from lowprec.formats import Format, get
+
+SCALE_RULES = ("fp32", "pow2_floor", "pow2_ceil", "pow2_nearest")
+_E8M0 = get("e8m0fnu")
+
+
+def amax(xg, reduce_axes) -> jax.Array:
+    """Largest finite magnitude over ``reduce_axes`` (kept as size-1 dims), in fp32."""
+    a = jnp.abs(xg.astype(jnp.float32))
+    return jnp.max(jnp.where(jnp.isfinite(a), a, 0.0), axis=reduce_axes, keepdims=True)
+
+
+def check_rule(rule) -> None:
+    if isinstance(rule, Format):
+        return
+    if rule not in SCALE_RULES:
+        try:
+            get(rule)
+        except ValueError:
+            raise ValueError(f"unknown scale {rule!r}; known: {', '.join(SCALE_RULES)}, "
+                             "or a format name for the scales (e.g. 'e4m3fn', 'e8m0fnu')") from None
+
+
+def scale_from_amax(am, fmt: Format, rule) -> jax.Array:
+    """The scale of each group (same shape as ``am``) under ``rule``.
+
+    - ``fp32``: amax / fmt.max.
+    - ``pow2_floor``: 2**(floor(log2 amax) - emax(fmt)), the OCP MX rule (may clip the max).
+    - ``pow2_ceil``: the smallest power of two with amax / scale <= fmt.max (never clips).
+    - ``pow2_nearest``: amax / fmt.max rounded to the nearest power of two.
+    - a Format (e.g. ``"e4m3fn"``): amax / fmt.max rounded onto that format (used under an fp32
+      tensor scale for NVFP4-style two-level scaling; see ``two_level_scale``).
+    """
+    am = am.astype(jnp.float32)
+    zero = am == 0
+    safe = jnp.where(zero, 1.0, am)
+    if rule == "fp32":
+        s = safe / fmt.max
+    elif rule == "pow2_floor":
+        k = _E8M0.encode(_E8M0.quantize(safe, rounding="down")).astype(jnp.int32) - fmt.emax
+        s = _E8M0.decode(jnp.clip(k, 0, 254))  # exponent arithmetic on E8M0 codes: exact
+    elif rule in ("pow2_ceil", "pow2_nearest"):
+        r = safe / fmt.max
+        s = _E8M0.quantize(r, rounding="up" if rule == "pow2_ceil" else "nearest_even")
+        if rule == "pow2_ceil":  # r was rounded: make the bound exact both ways
+            s = jnp.where(safe > fmt.max * s, s * 2, s)
+            s = jnp.where((s > _E8M0.tiny) & (safe <= fmt.max * (s / 2)), s / 2, s)
+    else:
+        sfmt = get(rule)
+        s = sfmt.quantize(safe / fmt.max)
+        s = jnp.where(s > 0, s, sfmt.tiny if hasattr(sfmt, "tiny") else 1.0)
+    return jnp.where(zero, 1.0, s)
+
+
+def two_level_scale(xg, reduce_axes, fmt: Format, scale_fmt: Format) -> tuple[jax.Array, jax.Array]:
+    """NVFP4-style scales: an fp32 tensor scale times per-group scales held in ``scale_fmt``.
+
+    Returns ``(group_scale_values, tensor_scale)``; the effective scale is their product and
+    ``group_scale_values`` lie on ``scale_fmt``'s grid.
+    """
+    am = amax(xg, reduce_axes)
+    t_am = jnp.max(am)
+    tensor_scale = jnp.where(t_am > 0, t_am / (fmt.max * scale_fmt.max), 1.0)
+    group = scale_from_amax(am / tensor_scale, fmt, scale_fmt)
+    return group, tensor_scale
