@@ -133,7 +133,37 @@ class FloatFormat(Format):
         return f"fp({','.join(args)})"
 
     # ---- numerics ----
+    @property
+    def _fast_ok(self) -> bool:
+        """Whether every step 2**(e-m) and its inverse are normal fp32 numbers (float path exact)."""
+        return (self.signed and self.zero and self.subnormals
+                and self.emin - self.man_bits >= -126 and self.emax - self.man_bits <= 126)
+
     def _quantize_f32(self, x, rounding, rand, random_bits, overflow):
+        if rounding in ("nearest_even", "nearest_away") and self._fast_ok:
+            return self._quantize_fast(x, rounding, overflow)
+        return self._quantize_bits(x, rounding, rand, random_bits, overflow)
+
+    def _quantize_fast(self, x, rounding, overflow):
+        """Round-to-nearest with float ops: |x| / step is exact (a power-of-two step), and
+        rounding it to an integer is exact. Inputs that flush to zero are below half the
+        smallest step, so they round to zero either way. Bit-identical to ``_quantize_bits``
+        (tested on every bf16 and fp16 pattern); several times cheaper, and it fuses well."""
+        a = jnp.abs(x)
+        e = (_bits.lax.bitcast_convert_type(a, jnp.uint32) >> 23).astype(jnp.int32) - 127
+        e = jnp.clip(e, self.emin, self.emax) - self.man_bits
+        inv = _bits.lax.bitcast_convert_type(((127 - e) << 23).astype(jnp.uint32), jnp.float32)
+        step = _bits.lax.bitcast_convert_type(((127 + e) << 23).astype(jnp.uint32), jnp.float32)
+        k = jnp.round(a * inv) if rounding == "nearest_even" else jnp.floor(a * inv + 0.5)
+        q = k * step
+        q = jnp.where(q > self.max, self._overflow_value(overflow), q)
+        out = jnp.where(jnp.signbit(x), -q, q)
+        if self.specials == "fnuz":
+            out = jnp.where(out == 0, 0.0, out)
+        return jnp.where(jnp.isnan(x), x, out)
+
+    def _quantize_bits(self, x, rounding, rand, random_bits, overflow):
+        """The exact integer path: any rounding mode, any format shape."""
         sign, sig, ulp_exp, flog2, is_nan, is_inf, is_zero = _bits.split(x)
         m = self.man_bits
         below = flog2 < self.emin

@@ -68,6 +68,21 @@ class IntFormat(Format):
         return np.arange(self._kmin, self._kmax + 1, dtype=np.float64) * 2.0 ** -self.frac_bits
 
     def _quantize_f32(self, x, rounding, rand, random_bits, overflow):
+        if rounding in ("nearest_even", "nearest_away"):
+            return self._quantize_fast(x, rounding)
+        return self._quantize_bits(x, rounding, rand, random_bits)
+
+    def _quantize_fast(self, x, rounding):
+        """Clip to the (integer) range first, then round: every value is below 2**23, so the
+        scaling by 2**frac_bits and the rounding are exact. Bit-identical to the integer path."""
+        k = jnp.clip(x * 2.0 ** self.frac_bits, self._kmin, self._kmax)
+        k = jnp.round(k) if rounding == "nearest_even" else jnp.sign(k) * jnp.floor(jnp.abs(k) + 0.5)
+        out = k * 2.0 ** -self.frac_bits
+        out = jnp.where(out == 0, 0.0, out) if self.signed else jnp.abs(out)
+        return jnp.where(jnp.isnan(x), x, out)
+
+    def _quantize_bits(self, x, rounding, rand, random_bits):
+        """The exact integer path: any rounding mode."""
         sign, sig, ulp_exp, _, is_nan, _, _ = _bits.split(x)
         shift = -self.frac_bits - ulp_exp
         rs = _bits.round_sig(sig, shift, sign, rounding, rand, random_bits)

@@ -1,0 +1,89 @@
+"""Throughput of fake quantization as a fraction of copy bandwidth, measured in one run.
+
+    python -m experiments.benchmark_quantize                 # 1 GiB fp32 tensor (GPU)
+    python -m experiments.benchmark_quantize --gib 0.01      # a quick look on a CPU
+
+Every variant reads the fp32 tensor and writes an fp32 tensor of the same size, like the
+copy it is compared with; the ratio is copy time / quantize time (1.0 = copy speed).
+Current (absmax) scaling must read the tensor twice (amax first, then quantize), so its
+ceiling is about 2/3 of copy speed unless the amax pass is fused away; delayed scaling
+(scale from an amax history, current amax recorded in the same pass) has no such ceiling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+
+import lowprec as lp
+from experiments.common import environment, time_fn, write_json
+
+
+def variants(rows: int, cols: int):
+    """(name, quantizer, extra args) for each measured variant; the tensor is (rows, cols)."""
+    e4m3 = lp.Quantizer("e4m3fn", "tensor")
+    delayed = lp.Quantizer("e4m3fn", "tensor", source="delayed")
+    history = jnp.full((16, 1, 1), 3.0, jnp.float32)
+
+    def with_history(x):
+        return delayed(x, amax_history=history), jnp.max(jnp.abs(x))  # amax recorded in the same pass
+
+    return [
+        ("e4m3fn per-tensor (current amax)", jax.jit(e4m3)),
+        ("e4m3fn per-tensor (delayed amax, current recorded)", jax.jit(with_history)),
+        ("e2m1fn per-channel (scale per column)", jax.jit(lp.Quantizer("e2m1fn", "channel"))),
+        ("e2m1fn per-token (scale per row)", jax.jit(lp.Quantizer("e2m1fn", "token"))),
+        ("mxfp4 (e2m1fn, blocks of 32, E8M0)", jax.jit(lp.quant.presets.MXFP4)),
+    ]
+
+
+def check_bits(x) -> int:
+    """Mismatches of e4m3fn quantization against ml_dtypes on this device (should be 0)."""
+    f = lp.formats.get("e4m3fn")
+    sample = x[:64].reshape(-1) * 100.0
+    got = np.asarray(jax.jit(lambda v: f.quantize(v, overflow="ieee"))(sample))
+    ref = np.asarray(sample).astype(ml_dtypes.float8_e4m3fn).astype(np.float32)
+    same = (got.view(np.uint32) == ref.view(np.uint32)) | (np.isnan(got) & np.isnan(ref))
+    return int((~same).sum())
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gib", type=float, default=1.0, help="size of the fp32 tensor in GiB")
+    parser.add_argument("--cols", type=int, default=8192)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--out", default="experiments/results/benchmarks/quantize.json")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO)
+
+    rows = max(64, int(args.gib * 2 ** 30 / 4 / args.cols) // 64 * 64)
+    x = jax.random.normal(jax.random.key(0), (rows, args.cols), jnp.float32)
+    nbytes = x.size * 4
+    copy = jax.jit(lambda v: -v)
+    t_copy = time_fn(copy, x, repeats=args.repeats)
+    t_read = time_fn(jax.jit(lambda v: jnp.max(jnp.abs(v))), x, repeats=args.repeats)
+    results = {"copy": {"seconds": t_copy, "GB/s (read+write)": 2 * nbytes / t_copy / 1e9},
+               "amax only (read)": {"seconds": t_read, "GB/s (read)": nbytes / t_read / 1e9}}
+    for name, fn in variants(rows, args.cols):
+        t = time_fn(fn, x, repeats=args.repeats)
+        results[name] = {"seconds": t, "fraction_of_copy": t_copy / t,
+                         "GB/s (read+write)": 2 * nbytes / t / 1e9}
+    payload = {"environment": environment(), "tensor": {"shape": [rows, args.cols], "bytes": nbytes},
+               "bit_mismatches_vs_ml_dtypes": check_bits(x), "results": results}
+    write_json(args.out, payload)
+    print(f"{'variant':55s} {'ms':>8s} {'GB/s':>8s} {'x copy':>7s}")
+    for name, r in results.items():
+        gbs = r.get("GB/s (read+write)", r.get("GB/s (read)"))
+        frac = r.get("fraction_of_copy")
+        print(f"{name:55s} {r['seconds'] * 1e3:8.3f} {gbs:8.0f} {'' if frac is None else f'{frac:7.2f}'}")
+    print(f"device: {payload['environment']['device']}; bit mismatches vs ml_dtypes: "
+          f"{payload['bit_mismatches_vs_ml_dtypes']}; wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

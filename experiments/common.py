@@ -1,0 +1,61 @@
+"""Shared helpers for benchmarks: timing, environment record, JSON output."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+
+import jax
+import jaxlib
+import numpy as np
+
+
+def time_fn(fn, *args, warmup: int = 3, repeats: int = 20) -> float:
+    """Median wall time (seconds) of ``fn(*args)`` with the device synchronized."""
+    for _ in range(warmup):
+        jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def environment() -> dict:
+    """Device, date, versions and the command that produced a result."""
+    import flax
+    import ml_dtypes
+    import optax
+
+    dev = jax.devices()[0]
+    return {
+        "command": " ".join([os.path.basename(sys.executable), "-m", _module()] + sys.argv[1:]),
+        "device": getattr(dev, "device_kind", str(dev)),
+        "platform": dev.platform,
+        "device_count": jax.device_count(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "ml_dtypes": ml_dtypes.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def _module() -> str:
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    return spec.name if spec is not None else os.path.basename(sys.argv[0])
+
+
+def write_json(path: str, payload: dict) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2)
