@@ -57,8 +57,17 @@ def split(x32: jax.Array):
     normal = e > 0
     sig = jnp.where(normal, man | 0x800000, man)
     ulp_exp = jnp.where(normal, e - 150, -149)
-    flog2 = ulp_exp + 31 - lax.clz(sig).astype(_I32)
+    flog2 = ulp_exp + ilog2(sig)
     return sign, sig, ulp_exp, flog2, (e == 255) & (man != 0), mag == EXP_INF, mag == 0
+
+
+def ilog2(v):
+    """floor(log2(v)) of uint32 ``v`` <= 2**24 (exact int->float conversion); -1 for 0.
+
+    Read off the float exponent instead of counting leading zeros, so it lowers everywhere.
+    """
+    e = (lax.bitcast_convert_type(v.astype(jnp.float32), _U32) >> 23).astype(_I32) - 127
+    return jnp.where(v == 0, -1, e)
 
 
 def _shl(v, n):
@@ -111,7 +120,7 @@ def join(sign, rs, qe) -> jax.Array:
 
     ``rs`` < 2**25 and ``qe >= -149``; zero ``rs`` gives a signed zero.
     """
-    top = 31 - lax.clz(rs).astype(_I32)  # floor(log2(rs)); -1 when rs == 0
+    top = ilog2(rs)
     ex = qe + top
     man_n = jnp.where(top <= 23, _shl(rs, 23 - top), _shr(rs, top - 23)) & 0x7FFFFF
     normal_bits = (ex + 127).astype(_U32) << 23 | man_n
@@ -125,5 +134,13 @@ def random_bits_like(key, shape) -> jax.Array:
     return jax.random.bits(key, shape, dtype=_U32)
 
 
-def f32_const(value: float) -> jax.Array:
-    return jnp.asarray(value, jnp.float32)
+def round_half(v, rounding: str):
+    """Rounds non-negative fp32 ``v`` < 2**22 to an integer, ties to even or away from zero.
+
+    ``v + 0.5`` is exact in that range; written with floor (not ``round``) so that it lowers
+    everywhere, fused kernels included.
+    """
+    k = jnp.floor(v + 0.5)
+    if rounding == "nearest_even":
+        k = jnp.where((k - v == 0.5) & (k - 2.0 * jnp.floor(k * 0.5) == 1.0), k - 1.0, k)
+    return k

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax.numpy as jnp
+import numpy as np
 
 from lowprec.formats import _bits
 from lowprec.formats.base import Format
@@ -154,7 +155,7 @@ class FloatFormat(Format):
         e = jnp.clip(e, self.emin, self.emax) - self.man_bits
         inv = _bits.lax.bitcast_convert_type(((127 - e) << 23).astype(jnp.uint32), jnp.float32)
         step = _bits.lax.bitcast_convert_type(((127 + e) << 23).astype(jnp.uint32), jnp.float32)
-        k = jnp.round(a * inv) if rounding == "nearest_even" else jnp.floor(a * inv + 0.5)
+        k = _bits.round_half(a * inv, rounding)
         q = k * step
         q = jnp.where(q > self.max, self._overflow_value(overflow), q)
         out = jnp.where(jnp.signbit(x), -q, q)
@@ -173,7 +174,7 @@ class FloatFormat(Format):
         out_qe = jnp.where(shift > 0, qe, ulp_exp)
         mag = _bits.join(jnp.zeros_like(sign), rs, out_qe)
         mag_bits = _bits.lax.bitcast_convert_type(mag, jnp.uint32)
-        max_bits = _bits.lax.bitcast_convert_type(_bits.f32_const(self.max), jnp.uint32)
+        max_bits = jnp.uint32(np.float32(self.max).view(np.uint32))
         over = (mag_bits > max_bits) | is_inf
         if not self.zero:  # no zero: everything below the smallest value rounds onto it
             mag = jnp.where(rs == 0, self.tiny, mag)

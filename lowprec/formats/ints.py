@@ -76,7 +76,7 @@ class IntFormat(Format):
         """Clip to the (integer) range first, then round: every value is below 2**23, so the
         scaling by 2**frac_bits and the rounding are exact. Bit-identical to the integer path."""
         k = jnp.clip(x * 2.0 ** self.frac_bits, self._kmin, self._kmax)
-        k = jnp.round(k) if rounding == "nearest_even" else jnp.sign(k) * jnp.floor(jnp.abs(k) + 0.5)
+        k = jnp.sign(k) * _bits.round_half(jnp.abs(k), rounding)
         out = k * 2.0 ** -self.frac_bits
         out = jnp.where(out == 0, 0.0, out) if self.signed else jnp.abs(out)
         return jnp.where(jnp.isnan(x), x, out)
