@@ -1,0 +1,94 @@
+"""Data sources by name: the default corpus, local text files, token files, synthetic text.
+
+``load(name, ...)`` returns a ``Corpus``; a new kind of source is a function registered with
+``register_source`` that returns one.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from lowprec.data.corpus import Corpus, Document
+from lowprec.data.default_corpus import load_default
+from lowprec.data.store import TOKEN_DTYPES, read_tokens
+from lowprec.data.synthetic import markov_bytes
+from lowprec.data.tokenizer import ByteTokenizer, Tokenizer
+
+_SOURCES: dict[str, Callable[..., Corpus]] = {}
+
+
+def register_source(name: str, loader: Callable[..., Corpus]) -> None:
+    """Make ``load(name, **options)`` call ``loader(**options)``."""
+    _SOURCES[name] = loader
+
+
+def source_names() -> list[str]:
+    return sorted(_SOURCES)
+
+
+def load(source: str = "default", path: str | os.PathLike | None = None, *,
+         include: str | Sequence[str] | None = None,
+         exclude: str | Sequence[str] | None = None, **options) -> Corpus:
+    """The corpus of a named source, optionally restricted to some of its sub-sources.
+
+    ``path`` (ignored when empty, so a config's ``data.path=""`` means "the default place") is
+    the corpus directory of ``default``, the files of ``text``, the file of ``tokens``.
+    ``load("default")``, ``load("default", include="shakespeare")``,
+    ``load("text", "notes/*.md")``, ``load("tokens", "x.bin", dtype="uint16")``,
+    ``load("synthetic", num_tokens=1 << 20)``.
+    """
+    if source not in _SOURCES:
+        raise ValueError(f"unknown data source '{source}'; known: {', '.join(source_names())}")
+    if path:
+        options["path"] = path
+    corpus = _SOURCES[source](**options)
+    return corpus.select(include, exclude) if include or exclude else corpus
+
+
+def load_text(path: str | Sequence[str], tokenizer: Tokenizer | None = None) -> Corpus:
+    """Local text files: ``path`` is a file, a glob (``**`` recursive), or several separated
+    by commas. Each file is a document and its own split group."""
+    tokenizer = tokenizer or ByteTokenizer()
+    patterns = path.split(",") if isinstance(path, str) else list(path)
+    files = sorted({f for p in patterns if p.strip()
+                    for f in glob.glob(os.path.expanduser(p.strip()), recursive=True)
+                    if os.path.isfile(f)})
+    if not files:
+        raise FileNotFoundError(f"data.path {path!r} matches no file")
+    pieces, documents, offset = [], [], 0
+    sep = np.asarray([tokenizer.eot_id])
+    for f in files:
+        ids = tokenizer.encode(Path(f).read_text(encoding="utf-8", errors="surrogateescape"))
+        pieces += [ids, sep]
+        documents.append(Document("text", f, f, offset, len(ids) + 1))
+        offset += len(ids) + 1
+    dtype = np.uint8 if tokenizer.vocab_size <= 256 else np.uint16
+    return Corpus(np.concatenate(pieces).astype(dtype), tuple(documents), tokenizer.vocab_size)
+
+
+def load_tokens(path: str, dtype: str = "uint8", vocab_size: int | None = None) -> Corpus:
+    """A pre-tokenized raw file (see ``write_tokens``), memory-mapped; one document."""
+    tokens = read_tokens(path, dtype)
+    limit = int(np.iinfo(TOKEN_DTYPES[dtype]).max) + 1
+    vocab_size = vocab_size or limit
+    if not 1 <= vocab_size <= limit:
+        raise ValueError(f"vocab_size {vocab_size} does not fit dtype {dtype} (at most {limit})")
+    return Corpus(tokens, (Document("tokens", str(path), str(path), 0, tokens.size),), vocab_size)
+
+
+def load_synthetic(num_tokens: int = 1 << 20, seed: int = 0, branching: int = 4) -> Corpus:
+    """The Markov-chain stream of ``lowprec.data.synthetic``; one document, byte vocabulary."""
+    tokens = markov_bytes(num_tokens, seed, branching)
+    return Corpus(tokens, (Document("synthetic", "markov", "markov", 0, num_tokens),),
+                  ByteTokenizer.vocab_size)
+
+
+register_source("default", load_default)
+register_source("text", load_text)
+register_source("tokens", load_tokens)
+register_source("synthetic", load_synthetic)

