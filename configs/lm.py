@@ -1,0 +1,45 @@
+"""Train a LLaMA-style byte-level LM on the default corpus with a precision recipe.
+
+    python -m experiments.train --config configs/lm.py:smoke --workdir runs/smoke
+    python -m experiments.train --config configs/lm.py:20m,fp8 --workdir runs/20m-fp8
+    python -m experiments.train --config configs/lm.py:125m,fp4_paper --workdir runs/125m \\
+        --config.train.steps=2000 --config.optim.lr=1e-3
+
+The argument after ':' is "<size>[,<recipe>]" (sizes: tiny, 20m, 125m, 350m, 1b; recipes:
+any name in lp.recipes) or "smoke" (a tiny model on synthetic data: seconds on a CPU).
+Every field below can be overridden with --config.<path>=<value>; unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    parts = [p for p in (arg or "20m").split(",") if p]
+    smoke = parts[0] == "smoke"
+    size = "tiny" if smoke else parts[0]
+    recipe = parts[1] if len(parts) > 1 else "bf16"
+
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.model = ml_collections.ConfigDict(dict(size=size, vocab_size=256, tie_embeddings=False, remat=False))
+    # Precision policy (lp.optim.PRESETS or "param=..,compute=..,master=..,loss_scale=.."):
+    # fp32 parameters with bf16 compute by default.
+    c.policy = "mixed_bf16"
+    # The recipe of every linear layer, except where a (path regex, recipe) rule matches
+    # first: the LM head stays in bf16 (the embedding is a lookup, never quantized).
+    c.recipe = recipe
+    c.recipe_rules = (("lm_head", "bf16"),)
+    c.data = ml_collections.ConfigDict(dict(
+        source="synthetic" if smoke else "default", seq_len=64 if smoke else 512,
+        batch_size=8 if smoke else 64, path=""))
+    c.optim = ml_collections.ConfigDict(dict(
+        lr=3e-3 if smoke else 1e-3, warmup_steps=10 if smoke else 200, min_lr_ratio=0.1,
+        b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0, grad_accum=1))
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.train = ml_collections.ConfigDict(dict(
+        steps=60 if smoke else 5000, log_every=10 if smoke else 50, eval_every=30 if smoke else 500,
+        eval_batches=4 if smoke else 20, checkpoint_every=30 if smoke else 500, keep_checkpoints=3,
+        telemetry_every=0, progress=True))
+    return c

@@ -1,0 +1,68 @@
+"""A run's directory: config.json, metrics.jsonl, STATUS, log.txt, checkpoints/, tensorboard/."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+STATUSES = ("running", "done", "failed")
+
+
+class RunDir:
+    """The files of one run. ``STATUS`` holds ``running``/``done``/``failed`` + a reason line."""
+
+    def __init__(self, path: str):
+        self.path = os.path.abspath(path)
+        os.makedirs(self.path, exist_ok=True)
+        self.checkpoints = os.path.join(self.path, "checkpoints")
+        self.tensorboard = os.path.join(self.path, "tensorboard")
+        self.metrics = os.path.join(self.path, "metrics.jsonl")
+        self.log = os.path.join(self.path, "log.txt")
+
+    def write_config(self, config_dict: dict) -> None:
+        with open(os.path.join(self.path, "config.json"), "w") as f:
+            json.dump(config_dict, f, indent=2, sort_keys=True, default=str)
+
+    def set_status(self, status: str, reason: str = "") -> None:
+        if status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}; known: {', '.join(STATUSES)}")
+        tmp = os.path.join(self.path, "STATUS.tmp")
+        with open(tmp, "w") as f:
+            f.write(status + ("\n" + reason if reason else "") + "\n")
+        os.replace(tmp, os.path.join(self.path, "STATUS"))
+
+    def status(self) -> tuple[str | None, str]:
+        """(status, reason); (None, "") when the run never started."""
+        path = os.path.join(self.path, "STATUS")
+        if not os.path.exists(path):
+            return None, ""
+        lines = open(path).read().splitlines()
+        return (lines[0] if lines else None), "\n".join(lines[1:])
+
+    def attach_log(self) -> logging.Handler:
+        """Copies the library's and the trainer's log records into log.txt."""
+        handler = logging.FileHandler(self.log)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger().addHandler(handler)
+        logging.getLogger().setLevel(logging.INFO)
+        return handler
+
+
+def read_metrics(path: str) -> list[dict]:
+    """All records of a metrics.jsonl file (a truncated last line is ignored)."""
+    records = []
+    if not os.path.exists(path):
+        return records
+    with open(path) as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return records
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,71 @@
+"""The jitted train and eval steps: plain ``jax.jit`` over ``nnx.split`` state."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from lowprec.models.llama import cross_entropy
+from lowprec.optim import LossScaleState, find_state, scale_loss
+
+
+class TrainState(NamedTuple):
+    """Everything a checkpoint holds besides the data position."""
+
+    step: jax.Array      # int32 scalar: optimizer steps taken
+    params: Any          # nnx.State of the model's Params
+    opt_state: Any       # the optimizer's state (master weights, moments, loss scale)
+
+
+def make_loss_fn(graphdef, rest, key):
+    """loss(params, tokens_BxT, step) -> per-sequence mean next-token cross entropy (nats), (B,)."""
+    def loss_fn(params, tokens_BxT, step):
+        model = nnx.merge(graphdef, params, rest)
+        logits_BxLxV = model(tokens_BxT[:, :-1], key=jax.random.fold_in(key, step))
+        return cross_entropy(logits_BxLxV, tokens_BxT[:, 1:], reduce=False)
+    return loss_fn
+
+
+def make_train_step(loss_fn, tx: optax.GradientTransformation, grad_accum: int, loss_scaled: bool):
+    """(state, tokens_BxT) -> (state, metrics); gradients accumulate over ``grad_accum``
+    micro-batches with lax.scan (one compiled micro-step whatever the count)."""
+
+    def micro(params, opt_state, tokens, step):
+        def scaled(p):
+            loss = jnp.mean(loss_fn(p, tokens, step))
+            return (scale_loss(loss, opt_state) if loss_scaled else loss), loss
+        (_, loss), grads = jax.value_and_grad(scaled, has_aux=True)(params)
+        return loss, grads
+
+    def train_step(state: TrainState, tokens_BxT):
+        mb = tokens_BxT.reshape(grad_accum, -1, tokens_BxT.shape[-1])
+
+        def body(carry, tokens):
+            loss, grads = micro(state.params, state.opt_state, tokens, state.step)
+            return jax.tree.map(jnp.add, carry, (loss, grads)), None
+
+        zero = (jnp.zeros((), jnp.float32), jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params))
+        (loss, grads), _ = jax.lax.scan(body, zero, mb)
+        loss, grads = loss / grad_accum, jax.tree.map(lambda g: g / grad_accum, grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        if loss_scaled:
+            ls = find_state(opt_state, LossScaleState)
+            metrics.update(loss_scale=ls.scale, skipped_steps=ls.skipped_steps)
+        return TrainState(state.step + 1, params, opt_state), metrics
+
+    return train_step
+
+
+def make_eval_step(loss_fn):
+    """(params, tokens_BxT, valid_B) -> (sum of per-sequence losses, number of valid sequences)."""
+    def eval_step(params, tokens_BxT, valid_B):
+        per_seq = loss_fn(params, tokens_BxT, jnp.int32(0))
+        w = valid_B.astype(jnp.float32)
+        return jnp.sum(per_seq * w), jnp.sum(w)
+    return eval_step
