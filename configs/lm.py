@@ -37,7 +37,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim = ml_collections.ConfigDict(dict(
         lr=3e-3 if smoke else 1e-3, warmup_steps=10 if smoke else 200, min_lr_ratio=0.1,
         b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0, grad_accum=1))
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    # Mesh axis sizes (one may be -1: the rest); devices: how many to use (-1: all).
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, devices=-1))
     c.train = ml_collections.ConfigDict(dict(
         steps=60 if smoke else 5000, log_every=10 if smoke else 50, eval_every=30 if smoke else 500,
         eval_batches=4 if smoke else 20, checkpoint_every=30 if smoke else 500, keep_checkpoints=3,

@@ -32,6 +32,7 @@ class LlamaConfig:
     dtype: str = "bfloat16"          # compute dtype of activations
     param_dtype: str = "float32"     # storage dtype of parameters
     remat: bool = False
+    telemetry: bool = False          # quantized layers record numerics statistics
 
     def __post_init__(self):
         if self.d_model % self.n_heads:
@@ -69,7 +70,8 @@ def config_for(size: str, **overrides) -> LlamaConfig:
 
 def _dense(cfg, n_in, n_out, std, axes, rngs):
     return QuantDense(n_in, n_out, use_bias=False, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
-                      kernel_init=nnx.initializers.normal(std), kernel_axes=axes, rngs=rngs)
+                      kernel_init=nnx.initializers.normal(std), kernel_axes=axes, telemetry=cfg.telemetry,
+                      rngs=rngs)
 
 
 def _key(key, i):
@@ -85,7 +87,7 @@ class RMSNorm(nnx.Module):
     def __call__(self, x_BxLxD):
         x32 = x_BxLxD.astype(jnp.float32)
         normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return (normed * self.scale.value.astype(jnp.float32)).astype(x_BxLxD.dtype)
+        return (normed * self.scale[...].astype(jnp.float32)[None, None, :]).astype(x_BxLxD.dtype)
 
 
 def rotary(x_BxLxHxK, theta: float):
@@ -139,10 +141,16 @@ class Block(nnx.Module):
         self.attn = Attention(cfg, rngs)
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, pd, rngs)
         self.mlp = MLP(cfg, rngs)
+        self.telemetry = cfg.telemetry
 
     def __call__(self, x_BxLxD, key=None):
-        x_BxLxD = x_BxLxD + self.attn(self.attn_norm(x_BxLxD), key=_key(key, 0))
-        return x_BxLxD + self.mlp(self.mlp_norm(x_BxLxD), key=_key(key, 1))
+        a_BxLxD = self.attn(self.attn_norm(x_BxLxD), key=_key(key, 0))
+        x_BxLxD = x_BxLxD + a_BxLxD
+        m_BxLxD = self.mlp(self.mlp_norm(x_BxLxD), key=_key(key, 1))
+        if self.telemetry:  # where a non-finite value first appears
+            self.sow(nnx.Intermediate, "finite", jnp.stack([jnp.all(jnp.isfinite(a_BxLxD)),
+                                                             jnp.all(jnp.isfinite(m_BxLxD))]))
+        return x_BxLxD + m_BxLxD
 
 
 class Llama(nnx.Module):

@@ -23,6 +23,7 @@ from lowprec.train.metrics import MetricsWriter
 from lowprec.train.progress import Progress, model_flops_per_token, peak_flops
 from lowprec.train.rundir import RunDir
 from lowprec.train.step import TrainState, make_eval_step, make_loss_fn, make_train_step
+from lowprec.train.telemetry import first_nonfinite, flatten, make_telemetry_fn, nonfinite_params
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +39,16 @@ def build_model(cfg, mesh):
                             dtype=policy.compute_dtype, param_dtype=policy.param_dtype,
                             vocab_size=cfg.model.vocab_size)
     model = llama.Llama(mcfg, nnx.Rngs(cfg.seed))
-    assign_recipes(model, [tuple(r) for r in cfg.recipe_rules] + [(".*", cfg.recipe)])
+    assign_recipes(model, recipe_rules(cfg))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     specs = nnx.get_partition_spec(params)
     shardings = jax.tree.map(lambda spec, p: sharding.named_sharding(spec, p.shape, mesh), specs, params)
     params = jax.device_put(params, shardings)
     return mcfg, policy, graphdef, params, rest, shardings
+
+
+def recipe_rules(cfg) -> list[tuple[str, str]]:
+    return [tuple(r) for r in cfg.recipe_rules] + [(".*", cfg.recipe)]
 
 
 def make_optimizer(cfg, policy):
@@ -55,16 +60,20 @@ def make_optimizer(cfg, policy):
     return policy.optimizer(inner, key=jax.random.key(cfg.seed + 1)), schedule
 
 
-def train(cfg, workdir: str) -> dict:
-    """Trains (or resumes) the run in ``workdir``; returns the last metrics. STATUS tracks it."""
-    run = RunDir(workdir)
+def train(cfg, workdir: str, stop_at: int | None = None) -> dict:
+    """Trains (or resumes) the run in ``workdir``; returns the last metrics. STATUS tracks it.
+
+    ``stop_at``: leave after that step as SIGTERM would (checkpoint, STATUS stays running),
+    for preemptible time slots; re-running resumes.
+    """
+    run = RunDir(workdir, writer=jax.process_index() == 0)
     handler = run.attach_log()
     run.write_config(cfg.to_dict())
     run.set_status("running")
     stop = {"signal": None}
     previous = signal.signal(signal.SIGTERM, lambda s, f: stop.update(signal=s))
     try:
-        result = _train(cfg, run, stop)
+        result = _train(cfg, run, stop, stop_at)
     except Exception as e:
         run.set_status("failed", f"{type(e).__name__}: {e}")
         raise
@@ -74,18 +83,20 @@ def train(cfg, workdir: str) -> dict:
     if stop["signal"] is None:
         run.set_status("done")
     else:
-        run.set_status("running", f"interrupted by SIGTERM at step {result['step']}; rerun to resume")
+        run.set_status("running", f"interrupted ({stop['signal']}) at step {result['step']}; rerun to resume")
     return result
 
 
-def _train(cfg, run: RunDir, stop: dict) -> dict:
-    mesh = sharding.make_mesh(dict(cfg.mesh))
+def _train(cfg, run: RunDir, stop: dict, stop_at: int | None) -> dict:
+    sizes = {k: v for k, v in cfg.mesh.items() if k != "devices"}
+    devices = jax.devices() if cfg.mesh.devices == -1 else jax.devices()[:cfg.mesh.devices]
+    mesh = sharding.make_mesh(sizes, devices)
     mcfg, policy, graphdef, params, rest, param_shardings = build_model(cfg, mesh)
     log.info("model %s: %.1fM parameters; policy %s; mesh %s", cfg.model.size, mcfg.num_params() / 1e6,
              policy, dict(mesh.shape))
     tx, schedule = make_optimizer(cfg, policy)
     opt_state = jax.jit(tx.init)(params)
-    state = TrainState(jnp.zeros((), jnp.int32), params, opt_state)
+    state = sharding.onto_mesh(TrainState(jnp.zeros((), jnp.int32), params, opt_state), mesh)
 
     corpus = lpdata.load(cfg.data.source, cfg.data.path or None)
     train_split, val_split = corpus.split()
@@ -95,7 +106,7 @@ def _train(cfg, run: RunDir, stop: dict) -> dict:
                                max_batches=cfg.train.eval_batches, mesh=mesh)
 
     ckpt = Checkpointer(run.checkpoints, keep=cfg.train.keep_checkpoints)
-    metrics = MetricsWriter(run.metrics, run.tensorboard)
+    metrics = MetricsWriter(run.metrics, run.tensorboard, enabled=run.writer)
     start = 0
     if ckpt.latest_step() is not None:
         state, meta = ckpt.restore(ckpt.latest_step(), abstract(state))
@@ -113,16 +124,25 @@ def _train(cfg, run: RunDir, stop: dict) -> dict:
 
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
     flops = model_flops_per_token(mcfg, cfg.data.seq_len) * tokens_per_step
+    telemetry_fn = None
     progress = Progress(cfg.train.steps, start, enabled=cfg.train.progress)
     last = {"step": start}
     t_last, step = time.perf_counter(), start
     for step in range(start, cfg.train.steps):
-        state, m = train_step(state, next(batches))
+        tokens = next(batches)
+        state, m = train_step(state, tokens)
         done = step + 1
+        if stop_at is not None and done >= stop_at:
+            stop["signal"] = "stop_at"
         if done % cfg.train.log_every == 0 or done == cfg.train.steps:
             m = jax.device_get(m)
             if not math.isfinite(float(m["loss"])) and policy.loss_scale == "none":
-                raise NonFiniteLoss(f"loss is {float(m['loss'])} at step {done}")
+                telemetry_fn = telemetry_fn or make_telemetry_fn(mcfg, recipe_rules(cfg), cfg.seed)
+                inter, _ = telemetry_fn(state.params, tokens)
+                bad = nonfinite_params(state.params)
+                raise NonFiniteLoss(f"loss is {float(m['loss'])} at step {done} (checked every "
+                                    f"{cfg.train.log_every} steps); first non-finite: {first_nonfinite(inter)}; "
+                                    f"non-finite parameters: {', '.join(bad[:6]) or 'none'}")
             dt = (time.perf_counter() - t_last) / cfg.train.log_every
             t_last = time.perf_counter()
             values = {**m, "lr": float(schedule(done - 1)), "step_time_s": dt,
@@ -133,6 +153,9 @@ def _train(cfg, run: RunDir, stop: dict) -> dict:
             metrics.write(done, "train", values)
             progress.update(done, values)
             last = {"step": done, **{k: float(v) for k, v in values.items()}}
+        if cfg.train.telemetry_every and done % cfg.train.telemetry_every == 0:
+            telemetry_fn = telemetry_fn or make_telemetry_fn(mcfg, recipe_rules(cfg), cfg.seed)
+            metrics.write(done, "telemetry", flatten(*jax.device_get(telemetry_fn(state.params, tokens))))
         if done % cfg.train.eval_every == 0 or done == cfg.train.steps:
             ev = evaluate(eval_step, state.params, evals, mesh)
             metrics.write(done, "val", ev)
@@ -140,8 +163,9 @@ def _train(cfg, run: RunDir, stop: dict) -> dict:
         if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps or stop["signal"]:
             ckpt.save(done, state, {"data": batches.state(), "step": done}, force=bool(stop["signal"]))
         if stop["signal"]:
-            log.warning("SIGTERM: saved step %d and stopping", done)
+            log.warning("%s: saved step %d and stopping", stop["signal"], done)
             break
+    last["step"] = int(jax.device_get(state.step))
     ckpt.close()
     metrics.close()
     progress.close()

@@ -16,10 +16,11 @@ class MetricsWriter:
     the file holds exactly one record per (step, split), as an uninterrupted run's would.
     """
 
-    def __init__(self, jsonl_path: str, tensorboard_dir: str | None = None):
+    def __init__(self, jsonl_path: str, tensorboard_dir: str | None = None, enabled: bool = True):
         self.path = jsonl_path
+        self.enabled = enabled
         self._tb = None
-        if tensorboard_dir:
+        if tensorboard_dir and enabled:
             try:
                 from tensorboardX import SummaryWriter
             except ImportError:  # optional: metrics.jsonl is the record of truth
@@ -29,6 +30,8 @@ class MetricsWriter:
 
     def truncate_after(self, step: int) -> None:
         """Drops records with step > ``step`` (left by an interrupted run)."""
+        if not self.enabled:
+            return
         try:
             with open(self.path) as f:
                 lines = f.readlines()
@@ -45,6 +48,8 @@ class MetricsWriter:
             f.writelines(kept)
 
     def write(self, step: int, split: str, values: dict) -> None:
+        if not self.enabled:
+            return
         record = {"step": int(step), "split": split}
         for k, v in values.items():
             v = float(v) if hasattr(v, "__float__") else v

@@ -11,10 +11,14 @@ STATUSES = ("running", "done", "failed")
 
 
 class RunDir:
-    """The files of one run. ``STATUS`` holds ``running``/``done``/``failed`` + a reason line."""
+    """The files of one run. ``STATUS`` holds ``running``/``done``/``failed`` + a reason line.
 
-    def __init__(self, path: str):
+    Only the writer (process 0 of a multi-process run) writes config.json and STATUS.
+    """
+
+    def __init__(self, path: str, writer: bool = True):
         self.path = os.path.abspath(path)
+        self.writer = writer
         os.makedirs(self.path, exist_ok=True)
         self.checkpoints = os.path.join(self.path, "checkpoints")
         self.tensorboard = os.path.join(self.path, "tensorboard")
@@ -22,12 +26,16 @@ class RunDir:
         self.log = os.path.join(self.path, "log.txt")
 
     def write_config(self, config_dict: dict) -> None:
+        if not self.writer:
+            return
         with open(os.path.join(self.path, "config.json"), "w") as f:
             json.dump(config_dict, f, indent=2, sort_keys=True, default=str)
 
     def set_status(self, status: str, reason: str = "") -> None:
         if status not in STATUSES:
             raise ValueError(f"unknown status {status!r}; known: {', '.join(STATUSES)}")
+        if not self.writer:
+            return
         tmp = os.path.join(self.path, "STATUS.tmp")
         with open(tmp, "w") as f:
             f.write(status + ("\n" + reason if reason else "") + "\n")
@@ -43,7 +51,7 @@ class RunDir:
 
     def attach_log(self) -> logging.Handler:
         """Copies the library's and the trainer's log records into log.txt."""
-        handler = logging.FileHandler(self.log)
+        handler = logging.FileHandler(self.log if self.writer else f"{self.log}.{os.getpid()}")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger().addHandler(handler)
         logging.getLogger().setLevel(logging.INFO)

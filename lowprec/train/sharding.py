@@ -74,3 +74,12 @@ def named_sharding(spec, shape, mesh: Mesh, rules=DEFAULT_RULES) -> NamedShardin
         size = math.prod(mesh.shape[a] for a in names)
         fixed.append(axes if names and dim % size == 0 else None)
     return NamedSharding(mesh, PartitionSpec(*fixed))
+
+
+def onto_mesh(tree, mesh: Mesh):
+    """Leaves not yet sharded on ``mesh`` (scalars, optimizer counters) replicated onto it."""
+    def put(x):
+        if isinstance(x.sharding, NamedSharding) and x.sharding.mesh == mesh:
+            return x
+        return jax.device_put(x, NamedSharding(mesh, PartitionSpec()))
+    return jax.tree.map(put, tree)
