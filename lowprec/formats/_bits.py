@@ -137,10 +137,11 @@ def random_bits_like(key, shape) -> jax.Array:
 def round_half(v, rounding: str):
     """Rounds non-negative fp32 ``v`` < 2**22 to an integer, ties to even or away from zero.
 
-    ``v + 0.5`` is exact in that range; written with floor (not ``round``) so that it lowers
-    everywhere, fused kernels included.
+    ``v + 0.5`` is exact for 0.5 <= v < 2**22; below 0.5 the answer is 0 (``v + 0.5`` would
+    round up to 1 for the float just below 0.5). Written with floor (not ``round``) so that
+    it lowers everywhere, fused kernels included.
     """
-    k = jnp.floor(v + 0.5)
+    k = jnp.where(v < 0.5, 0.0, jnp.floor(v + 0.5))
     if rounding == "nearest_even":
         k = jnp.where((k - v == 0.5) & (k - 2.0 * jnp.floor(k * 0.5) == 1.0), k - 1.0, k)
     return k

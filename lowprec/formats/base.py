@@ -95,7 +95,7 @@ class Format(abc.ABC):
         if self.bits > 16:
             raise ValueError(f"values() enumerates formats of at most 16 bits; {self.name} has {self.bits}")
         v = np.asarray(self._decode_f32(jnp.arange(2 ** self.bits, dtype=jnp.uint32)), np.float64)
-        return np.unique(v[np.isfinite(v)])
+        return np.unique(v[np.isfinite(v)]) + 0.0  # one zero, unsigned
 
     def neighbors(self, x) -> tuple[jax.Array, jax.Array]:
         """The grid points just below and above fp32 ``x`` (equal when ``x`` is on the grid)."""

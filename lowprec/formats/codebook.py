@@ -6,6 +6,7 @@ import dataclasses
 
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from lowprec.formats import _bits
 from lowprec.formats.base import Format
@@ -25,9 +26,10 @@ class Codebook(Format):
     """Rounds to the nearest of ``values`` (strictly increasing, finite, 2..256 of them).
 
     Codes are indices into the table. Ties (exact midpoints, decided exactly) go to the even
-    index under ``nearest_even`` and away from zero under ``nearest_away``; values outside
-    the table's range saturate to its ends; stochastic rounding picks a neighbour with
-    probability proportional to closeness.
+    index under ``nearest_even`` and away from zero under ``nearest_away``; ``toward_zero``
+    picks the neighbour of smaller magnitude; between ``-v`` and ``v`` both keep the sign of
+    x. Values outside the table's range saturate to its ends; stochastic rounding picks a
+    neighbour with probability proportional to closeness.
     """
 
     values_: tuple[float, ...]
@@ -71,22 +73,27 @@ class Codebook(Format):
         return jnp.asarray(v, jnp.float32), jnp.asarray(mid_lo), jnp.asarray(mid_lo == mid)
 
     def _index(self, x, rounding, rand):
+        """Index of the chosen neighbour. Comparisons use integer keys: exact, whereas float
+        compares may treat subnormal inputs as zero (CPU flush-to-zero)."""
         vals, mid_lo, mid_exact = self._tables()
         n = len(self.values_)
-        i_hi = jnp.clip(jnp.searchsorted(vals, x, side="left"), 1, n - 1)
+        kx, kv, km = _order_key(x), _order_key(vals), _order_key(mid_lo)
+        i_hi = jnp.clip(jnp.searchsorted(kv, kx, side="left"), 1, n - 1)
         i_lo = i_hi - 1
         lo, hi = vals[i_lo], vals[i_hi]
+        positive = (lax.bitcast_convert_type(x, jnp.uint32) >> 31) == 0  # +0 too: keeps odd symmetry
         if rounding in ("nearest_even", "nearest_away"):
-            m = mid_lo[i_lo]
-            tie = mid_exact[i_lo] & (x == m)
-            tie_hi = (i_hi % 2 == 0) if rounding == "nearest_even" else (x >= 0)
-            up = (x > m) & ~tie | tie & tie_hi
-        elif rounding == "toward_zero":
-            up = (x >= hi) | ((x > lo) & (jnp.abs(hi) < jnp.abs(lo)))
+            m = km[i_lo]
+            tie = mid_exact[i_lo] & (kx == m)
+            tie_hi = (i_hi % 2 == 0) if rounding == "nearest_even" else positive
+            up = (kx > m) & ~tie | tie & tie_hi
+        elif rounding == "toward_zero":  # the smaller magnitude; equal ones: the side of x
+            smaller_hi = (jnp.abs(hi) < jnp.abs(lo)) | ((jnp.abs(hi) == jnp.abs(lo)) & positive)
+            up = (kx >= kv[i_hi]) | ((kx > kv[i_lo]) & smaller_hi)
         elif rounding == "down":
-            up = x >= hi
+            up = kx >= kv[i_hi]
         elif rounding == "up":
-            up = x > lo
+            up = kx > kv[i_lo]
         else:  # stochastic
             p = (x - lo) / (hi - lo)
             u = (rand >> 8).astype(jnp.float32) * 2.0 ** -24
@@ -107,3 +114,10 @@ class Codebook(Format):
 
     def values(self) -> np.ndarray:
         return np.asarray(self.values_, np.float64)
+
+
+def _order_key(x):
+    """int32 keys ordered as the fp32 values ``x`` (NaN aside); -0 and +0 share key 0."""
+    i = lax.bitcast_convert_type(x, jnp.int32)
+    i = jnp.where((i & 0x7FFFFFFF) == 0, 0, i)
+    return jnp.where(i < 0, i ^ 0x7FFFFFFF, i)

@@ -136,9 +136,12 @@ class FloatFormat(Format):
     # ---- numerics ----
     @property
     def _fast_ok(self) -> bool:
-        """Whether every step 2**(e-m) and its inverse are normal fp32 numbers (float path exact)."""
+        """Whether every step 2**(e-m) and its inverse are normal fp32 numbers (float path exact).
+
+        The smallest step must be >= 2**-125: then every fp32 subnormal (which CPUs may flush to
+        zero in float ops) lies below half of it and rounds to zero either way."""
         return (self.signed and self.zero and self.subnormals
-                and self.emin - self.man_bits >= -126 and self.emax - self.man_bits <= 126)
+                and self.emin - self.man_bits >= -125 and self.emax - self.man_bits <= 126)
 
     def _quantize_f32(self, x, rounding, rand, random_bits, overflow):
         if rounding in ("nearest_even", "nearest_away") and self._fast_ok:
@@ -179,9 +182,12 @@ class FloatFormat(Format):
         if not self.zero:  # no zero: everything below the smallest value rounds onto it
             mag = jnp.where(rs == 0, self.tiny, mag)
         out = jnp.where(sign == 1, -mag, mag)
-        if self.specials == "fnuz":
-            out = jnp.where(out == 0, 0.0, out)  # no negative zero
+        if self.specials == "fnuz":  # no negative zero (an integer test: immune to flush-to-zero)
+            out = jnp.where((rs == 0) & self.zero, 0.0, out)
         over_value = self._overflow_value(overflow)
+        if rounding in ("toward_zero", "down", "up"):  # rounding toward zero never overflows a
+            inward = {"toward_zero": True, "down": sign == 0, "up": sign == 1}[rounding]  # finite x
+            over_value = jnp.where(inward & ~is_inf, self.max, over_value)  # (IEEE 754 7.4)
         out = jnp.where(over, jnp.where(sign == 1, -over_value, over_value), out)
         invalid = jnp.nan if overflow == "ieee" else self.min
         if not self.zero:
@@ -229,7 +235,7 @@ class FloatFormat(Format):
         e_field = (codes >> m) & (2 ** self.exp_bits - 1)
         sign = (codes >> (self.exp_bits + m)) & 1 if self.signed else jnp.zeros_like(codes)
         sub = (e_field == 0) & self.zero
-        rs = jnp.where(sub, man, man | (1 << m))
+        rs = jnp.where(sub, man if self.subnormals else 0, man | (1 << m))  # flushed: read as 0
         qe = jnp.where(sub, self.emin, e_field.astype(jnp.int32) - self.bias) - m
         out = _bits.join(sign, rs, qe)
         nan = jnp.zeros(codes.shape, bool)

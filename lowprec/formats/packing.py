@@ -8,19 +8,17 @@ import jax.numpy as jnp
 def pack(codes, bits: int):
     """Packs the last axis of ``codes`` (< 2**bits each) into uint8, little-endian bit order.
 
-    The last axis is zero-padded to a whole number of bytes; ``unpack`` needs its length back.
+    The ``n * bits`` bits of a row are zero-padded to whole bytes (``ceil(n * bits / 8)`` of
+    them); ``unpack`` needs ``n`` back.
     """
     if not 1 <= bits <= 8:
         raise ValueError(f"bits must be in 1..8; got {bits}")
     codes = jnp.asarray(codes).astype(jnp.uint8)
-    n = codes.shape[-1]
-    pad = (-n * bits) % 8 // bits
-    while (n + pad) * bits % 8:
-        pad += 1
-    codes = jnp.pad(codes, [(0, 0)] * (codes.ndim - 1) + [(0, pad)])
-    bit_planes = (codes[..., None] >> jnp.arange(bits, dtype=jnp.uint8)) & 1
-    flat = bit_planes.reshape(*codes.shape[:-1], -1, 8)
-    return jnp.sum(flat << jnp.arange(8, dtype=jnp.uint8), axis=-1, dtype=jnp.uint8)
+    lead = codes.shape[:-1]
+    stream = (codes[..., None] >> _positions(bits, codes.ndim + 1) & 1).reshape(*lead, -1)
+    stream = jnp.pad(stream, [(0, 0)] * len(lead) + [(0, (-stream.shape[-1]) % 8)])
+    flat = stream.reshape(*lead, -1, 8)
+    return jnp.sum(flat << _positions(8, flat.ndim), axis=-1, dtype=jnp.uint8)
 
 
 def unpack(packed, bits: int, length: int):
@@ -28,9 +26,14 @@ def unpack(packed, bits: int, length: int):
     if not 1 <= bits <= 8:
         raise ValueError(f"bits must be in 1..8; got {bits}")
     packed = jnp.asarray(packed, jnp.uint8)
-    bit_planes = (packed[..., None] >> jnp.arange(8, dtype=jnp.uint8)) & 1
-    per_code = bit_planes.reshape(*packed.shape[:-1], -1, bits)
-    codes = jnp.sum(per_code << jnp.arange(bits, dtype=jnp.uint8), axis=-1, dtype=jnp.uint8)
-    if codes.shape[-1] < length:
-        raise ValueError(f"packed data holds {codes.shape[-1]} codes; asked for {length}")
-    return codes[..., :length]
+    lead = packed.shape[:-1]
+    stream = (packed[..., None] >> _positions(8, packed.ndim + 1) & 1).reshape(*lead, -1)
+    if stream.shape[-1] < length * bits:
+        raise ValueError(f"packed data holds {stream.shape[-1] // bits} codes; asked for {length}")
+    per_code = stream[..., :length * bits].reshape(*lead, length, bits)
+    return jnp.sum(per_code << _positions(bits, per_code.ndim), axis=-1, dtype=jnp.uint8)
+
+
+def _positions(n: int, ndim: int):
+    """Bit positions 0..n-1 along a last axis of an ``ndim``-D array (explicit rank: no promotion)."""
+    return jnp.arange(n, dtype=jnp.uint8).reshape((1,) * (ndim - 1) + (n,))

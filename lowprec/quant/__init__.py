@@ -1,13 +1,19 @@
-"""From a tensor to its quantized form and back (layer 2): scaling, Quantizer, estimators."""
+"""From a tensor to its quantized form and back (layer 2): scaling, Quantizer, estimators, OCC."""
 
-from lowprec.quant import presets
-from lowprec.quant.estimators import STE, Estimator, get_estimator, register_estimator
+from lowprec.quant import occ, presets
+from lowprec.quant.estimators import (
+    CLIPPED_STE, DGE, STE, Estimator, clipped_ste_derivative, dge, dge_derivative, get_estimator,
+    register_estimator,
+)
 from lowprec.quant.granularity import Granularity
+from lowprec.quant.occ import OCC
+from lowprec.quant.occ import clamp as clamp_outliers
 from lowprec.quant.qtensor import QTensor
 from lowprec.quant.quantizer import Quantizer, update_amax_history
 from lowprec.quant.scaling import SCALE_RULES, amax, scale_from_amax
 
 __all__ = [
-    "Estimator", "Granularity", "QTensor", "Quantizer", "SCALE_RULES", "STE", "amax", "get_estimator",
+    "CLIPPED_STE", "DGE", "Estimator", "Granularity", "OCC", "QTensor", "Quantizer", "SCALE_RULES", "STE",
+    "amax", "clamp_outliers", "clipped_ste_derivative", "dge", "dge_derivative", "get_estimator", "occ",
     "presets", "register_estimator", "scale_from_amax", "update_amax_history",
 ]

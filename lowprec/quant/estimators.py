@@ -3,11 +3,21 @@
 An estimator multiplies the upstream gradient elementwise by ``derivative(xs, fmt)``, where
 ``xs`` is the scaled input (``x / scale``, the value the format rounded) and ``fmt`` the
 element format. Scales are treated as constants (for DGE they cancel exactly).
+
+Built in: ``ste`` (identity), ``clipped_ste`` (identity inside the format's range, zero where
+the input was clipped) and ``dge`` (the FP4 paper's differentiable gradient estimator, on the
+grid of any format). A user-defined estimator is any hashable ``fn(xs, fmt) -> derivative``:
+
+    def half_outside(xs, fmt):
+        return jnp.where(jnp.abs(xs) <= fmt.max / 2, 1.0, 0.5)
+
+    q = Quantizer("int4", estimator=Estimator("half_outside", half_outside))
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Callable
 
 import jax.numpy as jnp
@@ -19,8 +29,8 @@ from lowprec.formats import Format
 class Estimator:
     """A named derivative ``fn(xs, fmt) -> array``; ``fn=None`` is the identity (STE).
 
-    ``fn`` must be a hashable callable (a module-level function), so a Quantizer holding the
-    estimator stays a static, hashable value under jit.
+    ``fn`` must be a hashable callable (a module-level function or a frozen dataclass), so a
+    Quantizer holding the estimator stays a static, hashable value under jit.
     """
 
     name: str
@@ -39,8 +49,68 @@ class Estimator:
         return self.name
 
 
+# A scaled input may exceed the range by fp32 rounding alone (amax / (amax / max) can land an
+# ulp or two above max); within this relative tolerance it counts as inside, not clipped.
+_RANGE_RTOL = 2.0 ** -21
+
+
+def clipped_ste_derivative(xs, fmt: Format):
+    """1 where ``fmt.min <= xs <= fmt.max`` (to within a few fp32 ulps), else 0."""
+    xs = xs.astype(jnp.float32)
+    lo = fmt.min - _RANGE_RTOL * abs(fmt.min)
+    hi = fmt.max + _RANGE_RTOL * abs(fmt.max)
+    return ((xs >= lo) & (xs <= hi)).astype(jnp.float32)
+
+
+def dge_derivative(xs, fmt: Format, k: float = 5.0, cap: float = 3.0):
+    """The FP4 paper's f′ on the local interval of ``fmt``'s grid around each ``xs``.
+
+    With ``[lo, hi] = fmt.neighbors(xs)``, ``δ = hi − lo`` and ``u = xs − lo``:
+    ``f′ = min(cap, (1/k) · |2u/δ − 1|^(1/k − 1))``, so f′ = 1/k at grid points and ``cap``
+    at midpoints. Outside the format's range (where the forward pass saturates) ``neighbors``
+    returns the end point twice, so f′ = 1/k there: the value at the end point, the limit of
+    f′ from inside the last interval; saturated entries keep a small gradient rather than none.
+    NaN inputs give NaN.
+    """
+    xs = xs.astype(jnp.float32)
+    lo, hi = fmt.neighbors(xs)
+    delta = hi - lo
+    on_grid = delta == 0
+    t = jnp.abs(2.0 * (xs - lo) / jnp.where(on_grid, 1.0, delta) - 1.0)
+    d = jnp.minimum(cap, t ** (1.0 / k - 1.0) / k)  # t = 0 (a midpoint) gives inf, capped
+    return jnp.where(on_grid, 1.0 / k, d).astype(jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class _DGE:
+    """DGE with fixed ``k`` and ``cap``: a hashable, comparable ``fn`` for an Estimator."""
+
+    k: float
+    cap: float
+
+    def __call__(self, xs, fmt: Format):
+        return dge_derivative(xs, fmt, self.k, self.cap)
+
+
+def dge(k: float = 5.0, cap: float = 3.0) -> Estimator:
+    """The differentiable gradient estimator (Wang et al. 2025) with sharpness ``k`` and ``cap``.
+
+    Named ``"dge"`` for the paper's k = 5, cap = 3 and e.g. ``"dge(k=3)"`` otherwise; equal
+    arguments give equal (and equally hashed) estimators. k = 1 (with cap >= 1) is the STE.
+    """
+    if not k >= 1:
+        raise ValueError(f"dge k must be >= 1 (k = 1 is the STE); got {k}")
+    if not cap > 0:
+        raise ValueError(f"dge cap must be positive; got {cap}")
+    args = [f"{n}={v:g}" for n, v, default in (("k", k, 5.0), ("cap", cap, 3.0)) if v != default]
+    name = "dge" + (f"({','.join(args)})" if args else "")
+    return Estimator(name, _DGE(k, cap))
+
+
 STE = Estimator("ste")
-_ESTIMATORS: dict[str, Estimator] = {"ste": STE}
+CLIPPED_STE = Estimator("clipped_ste", clipped_ste_derivative)
+DGE = dge()
+_ESTIMATORS: dict[str, Estimator] = {e.name: e for e in (STE, CLIPPED_STE, DGE)}
 
 
 def register_estimator(est: Estimator) -> Estimator:
@@ -51,10 +121,30 @@ def register_estimator(est: Estimator) -> Estimator:
     return est
 
 
-def get_estimator(spec: str | Estimator) -> Estimator:
-    """An estimator by name or object."""
+def get_estimator(spec: str | Estimator | Callable) -> Estimator:
+    """An estimator by name (``"dge(k=3,cap=2)"`` parses too), object, or bare ``fn(xs, fmt)``."""
     if isinstance(spec, Estimator):
         return spec
-    if spec not in _ESTIMATORS:
-        raise ValueError(f"unknown estimator {spec!r}; known: {', '.join(sorted(_ESTIMATORS))}")
-    return _ESTIMATORS[spec]
+    if callable(spec):
+        return Estimator(getattr(spec, "__name__", type(spec).__name__), spec)
+    if spec in _ESTIMATORS:
+        return _ESTIMATORS[spec]
+    m = re.fullmatch(r"dge\((.*)\)", str(spec).replace(" ", ""))
+    if m is not None:
+        return _parse_dge(spec, m.group(1))
+    raise ValueError(f"unknown estimator {spec!r}; known: {', '.join(sorted(_ESTIMATORS))}, "
+                     "dge(k=...,cap=...), or an Estimator / function (xs, fmt) -> derivative")
+
+
+def _parse_dge(spec: str, args: str) -> Estimator:
+    """``dge(...)`` from its argument string ``"k=3,cap=2"``."""
+    kwargs = {}
+    for arg in filter(None, args.split(",")):
+        key, _, value = arg.partition("=")
+        if key not in ("k", "cap"):
+            raise ValueError(f"cannot parse estimator {spec!r}: unknown argument {key!r}; known: k, cap")
+        try:
+            kwargs[key] = float(value)
+        except ValueError:
+            raise ValueError(f"cannot parse estimator {spec!r}: {key} must be a number; got {value!r}") from None
+    return dge(**kwargs)

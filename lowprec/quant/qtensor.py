@@ -18,6 +18,8 @@ class QTensor:
 
     ``scale`` holds one value per group (None when double-quantized: then ``scale_q`` and
     ``scale_mean`` rebuild it); ``tensor_scale`` is the fp32 second level of two-level scaling.
+    A NaN input survives only in formats with a NaN code (e4m3fn, e5m2, ...): integer, codebook
+    and fn-less float codes have none, so there it decodes to a number (``q(x)`` keeps NaN).
     """
 
     codes: jax.Array

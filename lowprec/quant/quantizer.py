@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from lowprec.formats import OVERFLOW_POLICIES, ROUNDING_MODES, Format, get
+from lowprec.quant import occ as occ_lib
 from lowprec.quant import scaling
 from lowprec.quant.estimators import Estimator, get_estimator
 from lowprec.quant.granularity import Granularity
@@ -32,7 +33,12 @@ class Quantizer:
     ``source``: ``"absmax"`` (current), ``"delayed"`` (from an amax history passed to the call)
     or ``"fixed"`` (``fixed_scale``); ``rounding``; ``estimator``; ``overflow``;
     ``random_bits`` for stochastic rounding; ``double_quant``: a Quantizer for the scales
-    themselves (QLoRA's double quantization of NF4 absmax values, after removing their mean).
+    themselves (QLoRA's double quantization of NF4 absmax values, after removing their mean);
+    ``occ``: an :class:`OCC` that clamps outliers of ``x`` before scaling (the residual and its
+    compensation GEMM belong to the ops layer, through ``occ.clamp``). The gradient treats the
+    clamp as the identity: every entry, outliers included, gets the estimator's derivative at
+    its clamped scaled value, as in the FP4 paper, whose backward GEMMs use the quantized
+    operands and so lose nothing at the clamp.
     """
 
     format: Format | str
@@ -46,6 +52,7 @@ class Quantizer:
     overflow: str = "saturate"
     random_bits: int | None = None
     double_quant: Quantizer | None = None
+    occ: occ_lib.OCC | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "format", get(self.format))
@@ -61,6 +68,8 @@ class Quantizer:
             raise ValueError("tensor_scale=True needs scale=<a format for the group scales>, e.g. 'e4m3fn'")
         if self.double_quant is not None and not isinstance(self.double_quant, Quantizer):
             raise TypeError("double_quant must be a Quantizer (for the scales) or None")
+        if self.occ is not None and not isinstance(self.occ, occ_lib.OCC):
+            raise TypeError(f"occ must be an OCC (lowprec.quant.OCC) or None; got {type(self.occ).__name__}")
         if not self.fixed_scale > 0:
             raise ValueError(f"fixed_scale must be positive; got {self.fixed_scale}")
 
@@ -74,6 +83,8 @@ class Quantizer:
             parts.append("tensor_scale")
         if self.double_quant is not None:
             parts.append(f"double_quant=({self.double_quant})")
+        if self.occ is not None:
+            parts.append(str(self.occ))
         return "Q(" + " ".join(parts) + ")"
 
     def replace(self, **changes) -> Quantizer:
@@ -82,8 +93,12 @@ class Quantizer:
     # ---- scales ----
     def amax(self, x) -> jax.Array:
         """The current amax of each scale group (what a delayed-scaling history records)."""
-        xg, axes = self.granularity.to_groups(x)
+        xg, axes = self.granularity.to_groups(self._clamped(jnp.asarray(x)))
         return scaling.amax(xg, axes)
+
+    def _clamped(self, x):
+        """``x`` with its outliers clamped when ``occ`` is set."""
+        return x if self.occ is None else occ_lib.clamp(x, self.occ)[0]
 
     def _scales(self, xg, axes, amax_history, key):
         """(scale for each group, tensor scale or None, double-quantized scale QTensor or None)."""
@@ -108,11 +123,20 @@ class Quantizer:
         return group, ts, dq
 
     def _scaled(self, x, key, amax_history):
+        x = self._clamped(x)
         xg, axes = self.granularity.to_groups(x.astype(jnp.float32) if x.dtype != jnp.float32 else x)
         k_elem, k_scale = (None, None) if key is None else jax.random.split(key)
         group, ts, dq = self._scales(jax.lax.stop_gradient(xg), axes, amax_history, k_scale)
         s = group if ts is None else group * ts
         return xg, s, k_elem, (group, ts, dq)
+
+    @staticmethod
+    def _apply_inverse(xg, s):
+        """``x * (1/s)`` with ``1/s`` correctly rounded per group: the scaled input. Exactly
+        ``x / s`` for power-of-two scales (MX, E8M0, the FP4 paper's); for other scales this is
+        the definition (as a stored inverse scale is in FP8 training), deterministic under jit,
+        where XLA would otherwise turn ``x / s`` into ``x * (1/s)`` anyway, at one fused pass."""
+        return xg * scaling.exact_div(jnp.ones_like(s), s)
 
     def _check_key(self, key):
         if self.rounding == "stochastic" and key is None:
@@ -127,7 +151,7 @@ class Quantizer:
 
     def _forward(self, x, key, amax_history):
         xg, s, k_elem, _ = self._scaled(x, key, amax_history)
-        xs = xg / s
+        xs = self._apply_inverse(xg, s)
         q = self.format.quantize(xs, self.rounding, k_elem, overflow=self.overflow, random_bits=self.random_bits)
         y = self.granularity.from_groups(q * s, x.shape).astype(x.dtype)
         return y, (self.granularity.from_groups(xs, x.shape) if self.estimator.needs_input else None)
@@ -138,7 +162,7 @@ class Quantizer:
         x = jnp.asarray(x)
         self._check_key(key)
         xg, s, k_elem, (group, ts, dq) = self._scaled(x, key, amax_history)
-        q = self.format.quantize(xg / s, self.rounding, k_elem, overflow=self.overflow, random_bits=self.random_bits)
+        q = self.format.quantize(self._apply_inverse(xg, s), self.rounding, k_elem, overflow=self.overflow, random_bits=self.random_bits)
         codes = self.format._encode_f32(q).astype(self.format.code_dtype)
         return QTensor(codes=codes, scale=group if dq is None else None, tensor_scale=ts,
                        scale_q=None if dq is None else dq[0], scale_mean=None if dq is None else dq[1],

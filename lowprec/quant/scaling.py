@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from lowprec.formats import Format, get
 
@@ -49,19 +50,19 @@ def scale_from_amax(am, fmt: Format, rule) -> jax.Array:
     zero = am == 0
     safe = jnp.where(zero, 1.0, am)
     if rule == "fp32":
-        s = safe / fmt.max
+        s = exact_div(safe, fmt.max)
     elif rule == "pow2_floor":
         k = _E8M0.encode(_E8M0.quantize(safe, rounding="down")).astype(jnp.int32) - fmt.emax
         s = _E8M0.decode(jnp.clip(k, 0, 254))  # exponent arithmetic on E8M0 codes: exact
     elif rule in ("pow2_ceil", "pow2_nearest"):
-        r = safe / fmt.max
+        r = exact_div(safe, fmt.max)
         s = _E8M0.quantize(r, rounding="up" if rule == "pow2_ceil" else "nearest_even")
         if rule == "pow2_ceil":  # r was rounded: make the bound exact both ways
             s = jnp.where(safe > fmt.max * s, s * 2, s)
             s = jnp.where((s > _E8M0.tiny) & (safe <= fmt.max * (s / 2)), s / 2, s)
     else:
         sfmt = get(rule)
-        s = sfmt.quantize(safe / fmt.max)
+        s = sfmt.quantize(exact_div(safe, fmt.max))
         s = jnp.where(s > 0, s, sfmt.tiny if hasattr(sfmt, "tiny") else 1.0)
     return jnp.where(zero, 1.0, s)
 
@@ -74,6 +75,14 @@ def two_level_scale(xg, reduce_axes, fmt: Format, scale_fmt: Format) -> tuple[ja
     """
     am = amax(xg, reduce_axes)
     t_am = jnp.max(am)
-    tensor_scale = jnp.where(t_am > 0, t_am / (fmt.max * scale_fmt.max), 1.0)
-    group = scale_from_amax(am / tensor_scale, fmt, scale_fmt)
+    tensor_scale = jnp.where(t_am > 0, exact_div(t_am, fmt.max * scale_fmt.max), 1.0)
+    group = scale_from_amax(exact_div(am, tensor_scale), fmt, scale_fmt)
     return group, tensor_scale
+
+
+def exact_div(a, b) -> jax.Array:
+    """``a / b`` correctly rounded. XLA rewrites a division by a constant or by a broadcast
+    into a multiplication by the reciprocal, and ``a * (1/b)`` differs from ``a / b``; the
+    barrier hides the divisor from that rewrite. (Meant for scale-sized arrays.)"""
+    a = jnp.asarray(a, jnp.float32)
+    return a / lax.optimization_barrier(jnp.broadcast_to(jnp.asarray(b, jnp.float32), a.shape))
