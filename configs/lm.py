@@ -6,7 +6,8 @@
         --config.train.steps=2000 --config.optim.lr=1e-3
 
 The argument after ':' is "<size>[,<recipe>]" (sizes: tiny, 20m, 125m, 350m, 1b; recipes:
-any name in lp.recipes) or "smoke" (a tiny model on synthetic data: seconds on a CPU).
+any name in lp.recipes), "cpu[,<recipe>]" (the tiny model on the default corpus: about a
+minute on a laptop CPU) or "smoke" (the tiny model on synthetic data: seconds).
 Every field below can be overridden with --config.<path>=<value>; unknown keys are errors.
 """
 
@@ -17,13 +18,15 @@ import ml_collections
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     parts = [p for p in (arg or "20m").split(",") if p]
-    smoke = parts[0] == "smoke"
-    size = "tiny" if smoke else parts[0]
+    smoke, cpu = parts[0] == "smoke", parts[0] == "cpu"
+    size = "tiny" if smoke or cpu else parts[0]
+    small = smoke or cpu
     recipe = parts[1] if len(parts) > 1 else "bf16"
 
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.model = ml_collections.ConfigDict(dict(size=size, vocab_size=256, tie_embeddings=False, remat=False))
+    c.model = ml_collections.ConfigDict(dict(size=size, vocab_size=256, tie_embeddings=False, remat=False,
+                                             attention=""))  # "" (auto), "xla" or "cudnn"
     # Precision policy (lp.optim.PRESETS or "param=..,compute=..,master=..,loss_scale=.."):
     # fp32 parameters with bf16 compute by default.
     c.policy = "mixed_bf16"
@@ -32,15 +35,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.recipe = recipe
     c.recipe_rules = (("lm_head", "bf16"),)
     c.data = ml_collections.ConfigDict(dict(
-        source="synthetic" if smoke else "default", seq_len=64 if smoke else 512,
-        batch_size=8 if smoke else 64, path=""))
+        source="synthetic" if smoke else "default", seq_len=64 if smoke else 128 if cpu else 512,
+        batch_size=8 if smoke else 16 if cpu else 64, path=""))
     c.optim = ml_collections.ConfigDict(dict(
-        lr=3e-3 if smoke else 1e-3, warmup_steps=10 if smoke else 200, min_lr_ratio=0.1,
+        lr=3e-3 if small else 1e-3, warmup_steps=10 if smoke else 50 if cpu else 200, min_lr_ratio=0.1,
         b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0, grad_accum=1))
     # Mesh axis sizes (one may be -1: the rest); devices: how many to use (-1: all).
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, devices=-1))
     c.train = ml_collections.ConfigDict(dict(
-        steps=60 if smoke else 5000, log_every=10 if smoke else 50, eval_every=30 if smoke else 500,
-        eval_batches=4 if smoke else 20, checkpoint_every=30 if smoke else 500, keep_checkpoints=3,
+        steps=60 if smoke else 600 if cpu else 5000, log_every=10 if small else 50,
+        eval_every=30 if smoke else 200 if cpu else 500, eval_batches=4 if small else 20,
+        checkpoint_every=30 if smoke else 200 if cpu else 500, keep_checkpoints=3,
         telemetry_every=0, progress=True))
     return c

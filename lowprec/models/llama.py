@@ -33,6 +33,7 @@ class LlamaConfig:
     param_dtype: str = "float32"     # storage dtype of parameters
     remat: bool = False
     telemetry: bool = False          # quantized layers record numerics statistics
+    attention: str | None = None     # jax.nn.dot_product_attention implementation: None, "xla", "cudnn"
 
     def __post_init__(self):
         if self.d_model % self.n_heads:
@@ -118,7 +119,8 @@ class Attention(nnx.Module):
         k_BxLxGxK = self.k(x_BxLxD, key=_key(key, 1)).reshape(b, length, cfg.n_kv_heads, cfg.head_dim)
         v_BxLxGxK = self.v(x_BxLxD, key=_key(key, 2)).reshape(b, length, cfg.n_kv_heads, cfg.head_dim)
         q_BxLxHxK, k_BxLxGxK = rotary(q_BxLxHxK, cfg.rope_theta), rotary(k_BxLxGxK, cfg.rope_theta)
-        out_BxLxHxK = jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, is_causal=True)
+        out_BxLxHxK = jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, is_causal=True,
+                                                   implementation=cfg.attention)
         return self.o(out_BxLxHxK.reshape(b, length, cfg.n_heads * cfg.head_dim), key=_key(key, 3))
 
 

@@ -37,7 +37,7 @@ def build_model(cfg, mesh):
     policy = get_policy(cfg.policy)
     mcfg = llama.config_for(cfg.model.size, tie_embeddings=cfg.model.tie_embeddings, remat=cfg.model.remat,
                             dtype=policy.compute_dtype, param_dtype=policy.param_dtype,
-                            vocab_size=cfg.model.vocab_size)
+                            vocab_size=cfg.model.vocab_size, attention=cfg.model.attention or None)
     model = llama.Llama(mcfg, nnx.Rngs(cfg.seed))
     assign_recipes(model, recipe_rules(cfg))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)

@@ -1,0 +1,84 @@
+"""Training throughput per recipe, measured in one run: tokens/s, step time, MFU, ratios to bf16.
+
+    python -m experiments.benchmark_train                       # 125m and 1b on a GPU
+    python -m experiments.benchmark_train --sizes tiny --batch 4 --seq 64 --steps 3   # CPU check
+
+Each (size, recipe) builds the model of configs/lm.py with that recipe, runs the real jitted
+train step (AdamW, fp32 params, bf16 compute) on random tokens, and reports the median step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+
+import jax
+import jax.numpy as jnp
+
+from configs import lm
+from experiments.common import environment, time_fn, write_json
+from lowprec.train import loop, sharding
+from lowprec.train.progress import model_flops_per_token, peak_flops
+from lowprec.train.step import TrainState, make_loss_fn, make_train_step
+
+
+def measure(size: str, recipe: str, args) -> dict:
+    cfg = lm.get_config(f"{size},{recipe}")
+    cfg.data.batch_size, cfg.data.seq_len = args.batch, args.seq
+    cfg.model.remat, cfg.model.attention = args.remat, args.attention
+    mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1))
+    mcfg, policy, graphdef, params, rest, _ = loop.build_model(cfg, mesh)
+    tx, _ = loop.make_optimizer(cfg, policy)
+    state = sharding.onto_mesh(TrainState(jnp.zeros((), jnp.int32), params, jax.jit(tx.init)(params)), mesh)
+    step = jax.jit(make_train_step(make_loss_fn(graphdef, rest, jax.random.key(0)), tx, 1, False),
+                   donate_argnums=0)
+    tokens = jax.random.randint(jax.random.key(1), (args.batch, args.seq + 1), 0, mcfg.vocab_size, jnp.int32)
+    holder = {"state": state}
+
+    def run(t):
+        holder["state"], m = step(holder["state"], t)
+        return m["loss"]
+
+    seconds = time_fn(run, tokens, warmup=2, repeats=args.steps)
+    flops = model_flops_per_token(mcfg, args.seq) * args.batch * args.seq
+    peak = peak_flops(jax.devices()[0])
+    out = {"size": size, "recipe": recipe, "params_M": mcfg.num_params() / 1e6, "step_s": seconds,
+           "tokens_per_s": args.batch * args.seq / seconds, "mfu": flops / seconds / peak if peak else None}
+    del holder, state, params
+    gc.collect()
+    return out
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{x:.1%}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="125m,1b")
+    parser.add_argument("--recipes", default="bf16,fp8,fp4_paper")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seq", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--remat", action="store_true")
+    parser.add_argument("--attention", default="", help='"", "xla" or "cudnn"')
+    parser.add_argument("--out", default="experiments/results/benchmarks/train.json")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    rows = []
+    for size in args.sizes.split(","):
+        base = None
+        for recipe in args.recipes.split(","):
+            r = measure(size, recipe, args)
+            base = base or r["step_s"]
+            r["step_vs_bf16"] = r["step_s"] / base
+            rows.append(r)
+            print(f"{size:5s} {recipe:10s} {r['params_M']:7.1f}M  step {r['step_s'] * 1e3:8.1f} ms  "
+                  f"{r['tokens_per_s']:10.0f} tok/s  MFU {_pct(r['mfu'])}"
+                  f"  x bf16 {r['step_vs_bf16']:.2f}", flush=True)
+    write_json(args.out, {"environment": environment(), "settings": vars(args), "results": rows})
+
+
+if __name__ == "__main__":
+    main()

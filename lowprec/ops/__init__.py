@@ -1,0 +1,17 @@
+"""Quantized GEMMs (layer 3): ``dot_general`` and ``einsum`` with a Recipe per GEMM role.
+
+    y = lp.dot_general(x, w, (((1,), (0,)), ((), ())), lp.recipes.fp8)
+    y = lp.einsum("btd,df->btf", x, w, "fp4_paper")
+    lp.ops.fp8_path(f, x, w)        # "native" where the compiled f runs FP8 tensor-core GEMMs
+"""
+
+from lowprec.ops import recipes, telemetry
+from lowprec.ops.dot import dot_general
+from lowprec.ops.einsum import einsum
+from lowprec.ops.native import FP8_TARGET, device_has_fp8, fp8_path, gemm_targets, parse_gemms
+from lowprec.ops.recipe import ROLES, Recipe
+
+__all__ = [
+    "FP8_TARGET", "ROLES", "Recipe", "device_has_fp8", "dot_general", "einsum", "fp8_path", "gemm_targets",
+    "parse_gemms", "recipes", "telemetry",
+]

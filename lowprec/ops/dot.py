@@ -1,0 +1,219 @@
+"""Quantized ``dot_general``: one custom_vjp computes the forward GEMM and both backward GEMMs,
+each operand quantized by its role's Quantizer (see ``Recipe``).
+
+Gradients: the grad-input GEMM's result is multiplied by the activation quantizer's estimator
+derivative, the grad-weight GEMM's by the weight quantizer's (STE: by one). Scales are
+constants, as in ``Quantizer``. OCC's clamp passes the gradient as the identity, as in
+``Quantizer`` and the FP4 paper (whose backward GEMMs use the quantized operands): every
+activation entry gets the estimator's derivative at its clamped scaled value. The separate
+compensation GEMM ``residual x weight`` adds its weight gradient ``residual^T x grad``.
+Stochastic rounding draws ``jax.random.fold_in(key, i)`` for the i-th role of ``ROLES``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from lowprec.ops import dims, operand, recipes, telemetry
+from lowprec.ops.gemm import gemm
+from lowprec.ops.operand import Operand
+from lowprec.ops.recipe import ROLES, Recipe
+from lowprec.quant import occ as occ_lib
+
+
+def dot_general(lhs, rhs, dimension_numbers, recipe: Recipe | str = "none", key=None, *, precision=None,
+                preferred_element_type=None, probe=None):
+    """``lax.dot_general(lhs, rhs, dimension_numbers)`` with ``recipe``'s quantized GEMMs.
+
+    ``lhs`` is the activation and ``rhs`` the weight. ``key`` (a ``jax.random`` key) is needed
+    when a role rounds stochastically. With ``probe`` (``ops.telemetry.probe()``) it returns
+    ``(y, stats)``: ``stats`` holds the forward roles' telemetry and the gradient with respect
+    to ``probe`` holds the backward roles'.
+    """
+    recipe = recipes.get(recipe)
+    lhs, rhs = jnp.asarray(lhs), jnp.asarray(rhs)
+    stochastic = recipe.needs_key()
+    if stochastic and key is None:
+        raise ValueError(f"recipe {recipe.name or recipe} rounds stochastically in {', '.join(stochastic)}: "
+                         "pass key=jax.random.key(...)")
+    dtype = jnp.result_type(lhs.dtype, rhs.dtype)
+    cfg = _Config(
+        dn=dims.normalize(dimension_numbers, lhs.ndim, rhs.ndim), recipe=recipe, precision=precision,
+        lhs_dtype=lhs.dtype.name, rhs_dtype=rhs.dtype.name, ndims=(lhs.ndim, rhs.ndim),
+        compute_dtype=jnp.dtype(recipe.compute_dtype or dtype).name,
+        out_dtype=jnp.dtype(preferred_element_type or recipe.out_dtype or dtype).name,
+        telemetry=probe is not None)
+    y, stats = _qdot_jit(cfg, lhs, rhs, key, probe)
+    return y if probe is None else (y, stats)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Config:
+    dn: dims.DimensionNumbers
+    recipe: Recipe
+    precision: Any
+    lhs_dtype: str
+    rhs_dtype: str
+    ndims: tuple[int, int]
+    compute_dtype: str
+    out_dtype: str
+    telemetry: bool
+
+    def gemm(self, a, b, dn, role, dtype=None, out_dtype=None):
+        r = self.recipe
+        return gemm(a, b, dn, role=role, compute_dtype=dtype or self.compute_dtype, accum_dtype=r.accum_dtype,
+                    native_fp8=r.native_fp8, precision=self.precision, out_dtype=out_dtype)
+
+
+class _Saved(NamedTuple):
+    """What the backward pass needs; None where the recipe does not need it."""
+
+    act: Operand | None        # forward-quantized operands (reuse_forward)
+    weight: Operand | None
+    lhs: jax.Array | None      # high-precision operands (requantization)
+    rhs: jax.Array | None      # (also the weight estimator's input)
+    act_input: jax.Array | None  # what the activation quantizer saw (after OCC's clamp)
+    act_scale: jax.Array | None
+    weight_scale: jax.Array | None
+    residual: jax.Array | None  # OCC's residual, for the separate compensation's weight gradient
+    key: Any
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _qdot(cfg, lhs, rhs, key, probe):
+    return _forward(cfg, lhs, rhs, key)[:2]
+
+
+def _qdot_fwd(cfg, lhs, rhs, key, probe):
+    y, stats, saved = _forward(cfg, lhs, rhs, key)
+    return (y, stats), saved
+
+
+def _forward(cfg: _Config, lhs, rhs, key):
+    """(output, forward telemetry or None, what the backward pass needs)."""
+    r, ((lc, rc), _) = cfg.recipe, cfg.dn
+    keys = _role_keys(key)
+    q_act, q_w = r.fwd_act, r.fwd_weight
+    x, occ, clamped, residual = lhs, None, None, None
+    if q_act is not None and q_act.occ is not None:
+        occ, q_act = q_act.occ, q_act.replace(occ=None)
+        x, delta = occ_lib.clamp(lhs, occ)
+        clamped = delta != 0
+        residual = delta.astype(occ.residual_dtype) if occ.compensate else None
+    act, act_s = operand.quantize(x, q_act, lc, keys["fwd_act"], cfg.compute_dtype)
+    weight, weight_s = operand.quantize(rhs, q_w, rc, keys["fwd_weight"], cfg.compute_dtype)
+    stats = None
+    if cfg.telemetry:
+        stats = telemetry.rows({"fwd_act": _act_stats(lhs, x, act, act_s, q_act, lc, clamped, residual),
+                                "fwd_weight": _stats(rhs, weight, weight_s, q_w, rc)})
+    separate = residual is not None and r.compensation == "separate"
+    if residual is not None and not separate:  # fused: the residual joins the quantized activation
+        act = Operand((act.dequantize() + residual.astype(jnp.float32)).astype(occ.residual_dtype), None)
+    y = cfg.gemm(act, weight, cfg.dn, "forward", out_dtype=None if separate else cfg.out_dtype)
+    if separate:
+        comp = cfg.gemm(Operand(residual, None), Operand(rhs.astype(occ.residual_dtype), None), cfg.dn,
+                        "compensation", dtype=occ.residual_dtype)
+        y = y.astype(jnp.float32) + comp.astype(jnp.float32)
+    act_d = q_act is not None and q_act.estimator.needs_input
+    w_d = q_w is not None and q_w.estimator.needs_input
+    saved = _Saved(
+        act=act if r.reuse_forward else None, weight=weight if r.reuse_forward else None,
+        lhs=None if r.reuse_forward else lhs, rhs=rhs if (w_d or not r.reuse_forward) else None,
+        act_input=x if act_d else None, act_scale=act_s if act_d else None, weight_scale=weight_s if w_d else None,
+        residual=residual if separate else None, key=key)
+    return y.astype(cfg.out_dtype), stats, saved
+
+
+def _qdot_bwd(cfg: _Config, saved: _Saved, cts):
+    g, by_role = cts[0], {}
+    keys = _role_keys(saved.key)
+    dx = _grad_input(cfg, saved, g, keys, by_role)
+    dw = _grad_weight(cfg, saved, g, keys, by_role)
+    probe_ct = telemetry.rows(by_role) if cfg.telemetry else None
+    return dx.astype(cfg.lhs_dtype), dw.astype(cfg.rhs_dtype), None, probe_ct
+
+
+def _grad_input(cfg: _Config, saved: _Saved, g, keys, by_role):
+    """grad x weight^T, through the activation quantizer's estimator."""
+    r, gi, lc = cfg.recipe, dims.grad_input(cfg.dn, *cfg.ndims), cfg.dn[0][0]
+    (g_c, w_c), _ = gi.dn
+    g1, g1_s = operand.quantize(g, r.dgrad_grad, g_c, keys["dgrad_grad"], cfg.compute_dtype)
+    weight = saved.weight
+    if weight is None:
+        weight, w_s = operand.quantize(saved.rhs, r.dgrad_weight, w_c, keys["dgrad_weight"], cfg.compute_dtype)
+        if cfg.telemetry:
+            by_role["dgrad_weight"] = _stats(saved.rhs, weight, w_s, r.dgrad_weight, w_c)
+    if cfg.telemetry:
+        by_role["dgrad_grad"] = _stats(g, g1, g1_s, r.dgrad_grad, g_c)
+    d = None if r.fwd_act is None else operand.derivative(
+        saved.act_input, operand.bind(r.fwd_act.replace(occ=None), lc), saved.act_scale)
+    dx = _transpose(cfg.gemm(g1, weight, gi.dn, "grad_input", out_dtype=cfg.lhs_dtype if d is None else None),
+                    gi.perm)
+    return dx if d is None else dx.astype(jnp.float32) * d
+
+
+def _grad_weight(cfg: _Config, saved: _Saved, g, keys, by_role):
+    """grad x activation (transposed to the weight's layout), through the weight quantizer's
+    estimator, plus the separate OCC compensation's weight gradient."""
+    r, gw, rc = cfg.recipe, dims.grad_weight(cfg.dn, *cfg.ndims), cfg.dn[0][1]
+    (g_c, a_c), _ = gw.dn
+    g2, g2_s = operand.quantize(g, r.wgrad_grad, g_c, keys["wgrad_grad"], cfg.compute_dtype)
+    act = saved.act
+    if act is None:
+        act, a_s = operand.quantize(saved.lhs, r.wgrad_act, a_c, keys["wgrad_act"], cfg.compute_dtype)
+        if cfg.telemetry:
+            by_role["wgrad_act"] = _stats(saved.lhs, act, a_s, r.wgrad_act, a_c)
+    if cfg.telemetry:
+        by_role["wgrad_grad"] = _stats(g, g2, g2_s, r.wgrad_grad, g_c)
+    d = None if r.fwd_weight is None else operand.derivative(
+        saved.rhs, operand.bind(r.fwd_weight, rc), saved.weight_scale)
+    plain = d is None and saved.residual is None
+    dw = _transpose(cfg.gemm(g2, act, gw.dn, "grad_weight", out_dtype=cfg.rhs_dtype if plain else None), gw.perm)
+    if d is not None:
+        dw = dw.astype(jnp.float32) * d
+    if saved.residual is not None:
+        rd = saved.residual.dtype
+        comp = cfg.gemm(Operand(g.astype(rd), None), Operand(saved.residual, None), gw.dn, "compensation_grad",
+                        dtype=rd)
+        dw = dw.astype(jnp.float32) + _transpose(comp.astype(jnp.float32), gw.perm)
+    return dw
+
+
+_qdot.defvjp(_qdot_fwd, _qdot_bwd)
+# Compiled as one computation also when called eagerly (op-by-op dispatch of the quantizers'
+# many small ops is slow); inside an outer jit it is inlined.
+_qdot_jit = jax.jit(_qdot, static_argnums=0)
+
+
+def _stats(x, op: Operand, s, q, contraction):
+    if q is None:
+        return None
+    q = operand.bind(q, contraction)
+    return telemetry.operand_stats(x, op.dequantize(), operand.scaled_input(x, q, s), q.format.max)
+
+
+def _act_stats(lhs, x, act: Operand, s, q, lc, clamped, residual):
+    """The forward activation's stats against the unclamped input; with compensation the
+    effective operand includes the residual."""
+    if q is None:
+        return None
+    effective = act.dequantize()
+    if residual is not None:
+        effective = effective + residual.astype(jnp.float32)
+    q = operand.bind(q, lc)
+    return telemetry.operand_stats(lhs, effective, operand.scaled_input(x, q, s), q.format.max, clamped)
+
+
+def _role_keys(key) -> dict:
+    if key is None:
+        return dict.fromkeys(ROLES)
+    return {role: jax.random.fold_in(key, i) for i, role in enumerate(ROLES)}
+
+
+def _transpose(x, perm):
+    return x if perm is None else x.transpose(perm)

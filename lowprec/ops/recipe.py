@@ -1,0 +1,123 @@
+"""A Recipe: which Quantizer each operand of the three GEMMs of a linear layer uses."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+from lowprec.quant import Quantizer
+
+# The six GEMM operands, in a fixed order (telemetry rows and stochastic-rounding key folds use it).
+# forward:     y  = act  x weight
+# grad-input:  dx = grad x weight^T
+# grad-weight: dw = act^T x grad   (computed as grad x act, then transposed)
+ROLES = ("fwd_act", "fwd_weight", "dgrad_grad", "dgrad_weight", "wgrad_grad", "wgrad_act")
+REUSED_ROLES = {"dgrad_weight": "fwd_weight", "wgrad_act": "fwd_act"}
+COMPENSATIONS = ("separate", "fused")
+NATIVE_FP8 = ("auto", "off", "on")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """Per-GEMM-role quantizers and dtypes; a frozen, hashable value (static under jit).
+
+    A role left as None is not quantized. ``reuse_forward=True`` makes the backward GEMMs use
+    the forward-quantized weight and activation (as the FP4 paper does); ``dgrad_weight`` and
+    ``wgrad_act`` must then be None. Otherwise they are requantized from high precision.
+
+    ``compute_dtype``: dtype of GEMM operands that are not exact FP8 values (None: the inputs'
+    dtype). ``accum_dtype``: the GEMMs' accumulation (``preferred_element_type``).
+    ``out_dtype``: the result's dtype (None: the inputs' promoted dtype).
+
+    OCC (``fwd_act.occ``): with ``compensation="separate"`` the residual times the unquantized
+    weight is a second GEMM in ``occ.residual_dtype`` (the paper's formula); with ``"fused"``
+    the residual is added to the quantized activation and one GEMM multiplies it with the
+    quantized weight (what the paper's reference code computes; one GEMM instead of two).
+
+    ``native_fp8``: ``"auto"`` runs GEMMs whose operands are exact FP8 values with factorable
+    scales on FP8 tensor cores when the device has them; ``"off"`` always simulates; ``"on"``
+    emits the FP8 pattern on any backend (XLA upcasts where there are no FP8 units).
+    """
+
+    fwd_act: Quantizer | None = None
+    fwd_weight: Quantizer | None = None
+    dgrad_grad: Quantizer | None = None
+    dgrad_weight: Quantizer | None = None
+    wgrad_grad: Quantizer | None = None
+    wgrad_act: Quantizer | None = None
+    reuse_forward: bool = False
+    compute_dtype: str | None = None
+    accum_dtype: str = "float32"
+    out_dtype: str | None = None
+    compensation: str = "separate"
+    native_fp8: str = "auto"
+    name: str | None = dataclasses.field(default=None, compare=False)
+
+    def __post_init__(self):
+        for role in ROLES:
+            q = getattr(self, role)
+            if q is not None and not isinstance(q, Quantizer):
+                raise TypeError(f"Recipe.{role} must be a Quantizer or None; got {type(q).__name__}")
+            if q is not None and q.source == "delayed":
+                raise ValueError(f"Recipe.{role}: source='delayed' is not supported in GEMMs (no amax "
+                                 "history is threaded through them); allowed: absmax, fixed")
+            if q is not None and role != "fwd_act" and q.occ is not None:
+                raise ValueError(f"Recipe.{role}: OCC applies to the forward activation only (fwd_act)")
+        if self.reuse_forward:
+            for role, source in REUSED_ROLES.items():
+                if getattr(self, role) is not None:
+                    raise ValueError(f"Recipe.{role} must be None with reuse_forward=True "
+                                     f"(the backward reuses {source})")
+        for field in ("compute_dtype", "accum_dtype", "out_dtype"):
+            value = getattr(self, field)
+            if value is not None:
+                object.__setattr__(self, field, _dtype_name(field, value))
+        _choice("compensation", self.compensation, COMPENSATIONS)
+        _choice("native_fp8", self.native_fp8, NATIVE_FP8)
+
+    def quantizer(self, role: str) -> Quantizer | None:
+        """The quantizer a role uses (with ``reuse_forward``, the forward one it reuses)."""
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; known: {', '.join(ROLES)}")
+        if self.reuse_forward and role in REUSED_ROLES:
+            return getattr(self, REUSED_ROLES[role])
+        return getattr(self, role)
+
+    def needs_key(self) -> tuple[str, ...]:
+        """The roles that round stochastically (their GEMMs need a key)."""
+        return tuple(r for r in ROLES if getattr(self, r) is not None and getattr(self, r).rounding == "stochastic")
+
+    def replace(self, **changes) -> Recipe:
+        """A copy with ``changes`` (validated like a new Recipe)."""
+        return dataclasses.replace(self, **changes)
+
+    def __str__(self) -> str:
+        def q(role):
+            if self.reuse_forward and role in REUSED_ROLES:
+                return "forward"
+            return "-" if getattr(self, role) is None else str(getattr(self, role))
+
+        parts = [f"fwd(act={q('fwd_act')}, weight={q('fwd_weight')})",
+                 f"dgrad(grad={q('dgrad_grad')}, weight={q('dgrad_weight')})",
+                 f"wgrad(grad={q('wgrad_grad')}, act={q('wgrad_act')})",
+                 f"compute={self.compute_dtype or 'input'}", f"accum={self.accum_dtype}"]
+        if self.out_dtype:
+            parts.append(f"out={self.out_dtype}")
+        if self.fwd_act is not None and self.fwd_act.occ is not None:
+            parts.append(f"compensation={self.compensation}")
+        if self.native_fp8 != "auto":
+            parts.append(f"native_fp8={self.native_fp8}")
+        return f"Recipe {self.name or 'custom'}: " + " ".join(parts)
+
+
+def _dtype_name(field: str, value) -> str:
+    try:
+        return jnp.dtype(value).name
+    except TypeError:
+        raise ValueError(f"Recipe.{field}: {value!r} is not a dtype (e.g. 'bfloat16', 'float32')") from None
+
+
+def _choice(field, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"unknown Recipe.{field} {value!r}; known: {', '.join(allowed)}")

@@ -1,0 +1,102 @@
+"""Named recipes: ``lp.recipes.get("fp8")`` or ``lp.recipes.fp8``; ``register`` adds your own.
+
+- ``none``: no quantization, operands in their own dtype (``QuantDense`` then equals ``nnx.Linear``).
+- ``bf16``: no quantization, bf16 operands, f32 accumulation.
+- ``fp8``: E4M3 forward operands, E5M2 output gradients, per-tensor current scaling; the
+  backward reuses the forward's FP8 operands (FP8-LM / Transformer Engine style).
+- ``fp4_paper``: the FP4 paper (Wang et al. 2025): weights E2M1 per output channel with DGE
+  (k=5), activations E2M1 per token with OCC (alpha=0.99), output gradients E5M2 per tensor,
+  backward reusing the FP4 operands. ``fp4(...)`` builds its ablations; ``w4a4``, ``w4a8``
+  and ``w8a4`` are the direct (STE, no OCC) ones.
+- ``mxfp8``, ``mxfp4``, ``nvfp4``: every GEMM operand in that block format (OCP MX blocks of
+  32 with E8M0 scales; NVFP4 blocks of 16 with E4M3 scales under an fp32 tensor scale),
+  requantized for each GEMM so that blocks run along its contraction. MXFP8 uses E4M3 for the
+  gradients too, as NVIDIA's MXFP8 pretraining recipe does.
+"""
+
+from __future__ import annotations
+
+from lowprec.ops.recipe import Recipe
+from lowprec.quant import Quantizer, dge, presets
+from lowprec.quant.occ import OCC
+
+E4M3_TENSOR = Quantizer("e4m3fn", "tensor")
+E5M2_TENSOR = Quantizer("e5m2", "tensor")
+_FP4_SCALE = "pow2_ceil"  # the paper's sf = 2**floor(log2(6 / amax)) is 1 / 2**ceil(log2(amax / 6))
+_REGISTRY: dict[str, Recipe] = {}
+
+
+def register(name: str, recipe: Recipe, *, overwrite: bool = False) -> Recipe:
+    """Makes ``recipe`` available as ``get(name)`` (and by name in configs and rules)."""
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"register({name!r}, ...) needs a Recipe; got {type(recipe).__name__}")
+    if name in _REGISTRY and not overwrite and _REGISTRY[name] != recipe:
+        raise ValueError(f"recipe {name!r} is already registered; pass overwrite=True")
+    recipe = recipe.replace(name=name)
+    _REGISTRY[name] = recipe
+    return recipe
+
+
+def names() -> list[str]:
+    """Every registered recipe name, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get(spec: str | Recipe) -> Recipe:
+    """A recipe by name, or a Recipe (returned as is)."""
+    if isinstance(spec, Recipe):
+        return spec
+    if spec not in _REGISTRY:
+        raise ValueError(f"unknown recipe {spec!r}; known: {', '.join(names())}")
+    return _REGISTRY[spec]
+
+
+def fp4(weight_bits: int = 4, act_bits: int = 4, *, dge_k: float | None = None, occ_alpha: float | None = None,
+        weight_granularity: str = "channel", act_granularity: str = "token", occ_per: str = "tensor",
+        quantile: str = "exact", compensate: bool = True, compensation: str = "separate",
+        name: str | None = None) -> Recipe:
+    """The FP4 paper's recipe family: W{weight_bits}A{act_bits} with optional DGE and OCC.
+
+    4-bit operands are E2M1 with power-of-two scales (the paper's), 8-bit ones E4M3 with
+    fp32 scales. ``dge_k``: DGE on the weights with that k (None: direct quantization, STE).
+    ``occ_alpha``: OCC on the activations (None: none); ``occ_per``, ``quantile``,
+    ``compensate`` configure it and ``compensation`` picks how (see ``Recipe``). Granularities
+    (``"channel"``/``"token"`` vector-wise, or ``"tensor"``) are the paper's ablation (d).
+    """
+    weight = Quantizer(_element("weight_bits", weight_bits), weight_granularity, scale=_scale(weight_bits),
+                       estimator="ste" if dge_k is None else dge(k=dge_k))
+    occ = None if occ_alpha is None else OCC(alpha=occ_alpha, per=occ_per, compensate=compensate, quantile=quantile)
+    act = Quantizer(_element("act_bits", act_bits), act_granularity, scale=_scale(act_bits), occ=occ)
+    if name is None:
+        name = f"w{weight_bits}a{act_bits}" + (f"+dge(k={dge_k:g})" if dge_k is not None else "") + (
+            f"+occ({occ_alpha:g})" if occ_alpha is not None else "")
+    return Recipe(fwd_act=act, fwd_weight=weight, dgrad_grad=E5M2_TENSOR, wgrad_grad=E5M2_TENSOR,
+                  reuse_forward=True, compute_dtype="bfloat16", compensation=compensation, name=name)
+
+
+def _every_role(q: Quantizer) -> Recipe:
+    return Recipe(fwd_act=q, fwd_weight=q, dgrad_grad=q, dgrad_weight=q, wgrad_grad=q, wgrad_act=q,
+                  compute_dtype="bfloat16")
+
+
+def _element(field: str, bits: int) -> str:
+    if bits not in (4, 8):
+        raise ValueError(f"{field} must be 4 (E2M1) or 8 (E4M3); got {bits!r}")
+    return "e2m1fn" if bits == 4 else "e4m3fn"
+
+
+def _scale(bits: int) -> str:
+    return _FP4_SCALE if bits == 4 else "fp32"
+
+
+none = register("none", Recipe())
+bf16 = register("bf16", Recipe(compute_dtype="bfloat16"))
+fp8 = register("fp8", Recipe(fwd_act=E4M3_TENSOR, fwd_weight=E4M3_TENSOR, dgrad_grad=E5M2_TENSOR,
+                             wgrad_grad=E5M2_TENSOR, reuse_forward=True, compute_dtype="bfloat16"))
+fp4_paper = register("fp4_paper", fp4(dge_k=5, occ_alpha=0.99))
+w4a4 = register("w4a4", fp4(4, 4))
+w4a8 = register("w4a8", fp4(4, 8))
+w8a4 = register("w8a4", fp4(8, 4))
+mxfp8 = register("mxfp8", _every_role(presets.MXFP8_E4M3))
+mxfp4 = register("mxfp4", _every_role(presets.MXFP4))
+nvfp4 = register("nvfp4", _every_role(presets.NVFP4))

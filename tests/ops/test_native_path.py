@@ -1,0 +1,89 @@
+"""The native FP8 path: which operands qualify, which devices, and what the compiled HLO runs."""
+
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import lowprec as lp
+from lowprec import ops
+from lowprec.ops import dot_general, native, recipes
+
+DN = (((1,), (0,)), ((), ()))
+H100 = types.SimpleNamespace(platform="gpu", compute_capability="9.0", device_kind="NVIDIA H100 80GB HBM3")
+A100 = types.SimpleNamespace(platform="gpu", compute_capability="8.0", device_kind="NVIDIA A100-SXM4-80GB")
+CPU = types.SimpleNamespace(platform="cpu", device_kind="cpu")
+
+GPU_HLO = """
+ENTRY %main {
+  %p0 = f8e4m3fn[64,32]{1,0} parameter(0)
+  %p1 = f8e4m3fn[16,32]{1,0} parameter(1)
+  %s = f32[] parameter(2)
+  %custom-call.3 = (bf16[64,16]{1,0}, s8[4194304]{0}) custom-call(%p0, %p1, %s, %s, %s, %s), custom_call_target="__cublas$lt$matmul$f8"
+  %q = bf16[64,32]{1,0} parameter(3)
+  %r = bf16[16,32]{1,0} parameter(4)
+  %custom-call.4 = (bf16[64,16]{1,0}, s8[4194304]{0}) custom-call(bf16[64,32]{1,0} %q, bf16[16,32]{1,0} %r), custom_call_target="__cublas$gemm"
+  %gemm_fusion = bf16[64,16]{1,0} fusion(%p0, %r), kind=kCustom, calls=%fc, backend_config={"fusion_backend_config":{"kind":"__triton_gemm"}}
+}
+"""
+
+
+def test_formats_that_fp8_holds_exactly():
+    fp8 = {name: native.fp8_dtype_for(lp.formats.get(name)) for name in
+           ("e4m3fn", "e5m2", "e2m1fn", "e3m2fn", "e2m3fn", "int4", "int8", "nf4", "bf16")}
+    assert fp8 == {"e4m3fn": "float8_e4m3fn", "e5m2": "float8_e5m2", "e2m1fn": "float8_e4m3fn",
+                   "e3m2fn": "float8_e4m3fn", "e2m3fn": "float8_e4m3fn", "int4": "float8_e4m3fn",
+                   "int8": None, "nf4": None, "bf16": None}
+
+
+def test_devices_with_fp8_tensor_cores():
+    assert native.device_has_fp8(H100) and not native.device_has_fp8(A100) and not native.device_has_fp8(CPU)
+    if jax.devices()[0].platform == "cpu":
+        assert not native.device_has_fp8()  # the CPU test devices
+
+
+@pytest.mark.parametrize("dtypes,mode,device,path", [
+    ((jnp.float8_e4m3fn, jnp.float8_e4m3fn), "auto", H100, "native_fp8"),
+    ((jnp.float8_e5m2, jnp.float8_e4m3fn), "auto", H100, "native_fp8"),
+    ((jnp.float8_e5m2, jnp.float8_e5m2), "auto", H100, "simulated"),
+    ((jnp.float8_e4m3fn, jnp.bfloat16), "auto", H100, "simulated"),
+    ((jnp.float8_e4m3fn, jnp.float8_e4m3fn), "auto", A100, "simulated"),
+    ((jnp.float8_e4m3fn, jnp.float8_e4m3fn), "off", H100, "simulated"),
+    ((jnp.float8_e4m3fn, jnp.float8_e4m3fn), "on", CPU, "native_fp8"),
+])
+def test_path_choice(dtypes, mode, device, path):
+    assert native.choose(*dtypes, mode, device)[0] == path
+
+
+def test_hlo_inspection_finds_the_cublaslt_fp8_gemm():
+    gemms = native.parse_gemms(GPU_HLO)
+    assert [kind for kind, _ in gemms] == ["__cublas$lt$matmul$f8", "__cublas$gemm", "triton_gemm"]
+    assert gemms[0][1][:2] == ("f8e4m3fn", "f8e4m3fn") and gemms[1][1] == ("bf16", "bf16")
+    assert gemms[2][1] == ("f8e4m3fn", "bf16")
+
+
+def test_on_cpu_the_helpers_report_simulated():
+    x, w = jnp.ones((16, 32)), jnp.ones((32, 8))
+    f = jax.grad(lambda a, b: jnp.sum(dot_general(a, b, DN, recipes.fp8) ** 2), (0, 1))
+    assert ops.fp8_path(f, x, w) == "simulated"
+    assert ops.gemm_targets(f, x, w)["dot"] == 3
+
+
+@pytest.mark.parametrize("name", ["fp8", "w4a4", "fp4_paper"])
+def test_native_pattern_computes_what_the_simulation_computes(name, rand):
+    """The FP8 pattern (forced on CPU, where XLA upcasts it) equals the simulated path."""
+    x, w, g = rand(0, (2, 8, 32), jnp.bfloat16), rand(1, (32, 16), jnp.bfloat16), rand(2, (2, 8, 16), jnp.bfloat16)
+    dn = (((2,), (0,)), ((), ()))
+    out = {}
+    for mode in ("on", "off"):
+        recipe = recipes.get(name).replace(native_fp8=mode)
+
+        def run(x, w, g):
+            y, vjp = jax.vjp(lambda a, b: dot_general(a, b, dn, recipe), x, w)
+            return (y,) + vjp(g)
+
+        out[mode] = jax.jit(run)(x, w, g)
+    for a, b in zip(out["on"], out["off"]):
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=1e-2, atol=1e-2)
