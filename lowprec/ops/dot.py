@@ -113,10 +113,10 @@ def _forward(cfg: _Config, lhs, rhs, key):
                                 "fwd_weight": _stats(rhs, weight, weight_s, q_w, rc)})
     separate = residual is not None and r.compensation == "separate"
     if residual is not None and not separate:  # fused: the residual joins the quantized activation
-        act = Operand((act.dequantize() + residual.astype(jnp.float32)).astype(occ.residual_dtype), None)
+        act = Operand((act.dequantize() + residual.astype(jnp.float32)).astype(occ.residual_dtype))
     y = cfg.gemm(act, weight, cfg.dn, "forward", out_dtype=None if separate else cfg.out_dtype)
     if separate:
-        comp = cfg.gemm(Operand(residual, None), Operand(rhs.astype(occ.residual_dtype), None), cfg.dn,
+        comp = cfg.gemm(Operand(residual), Operand(rhs.astype(occ.residual_dtype)), cfg.dn,
                         "compensation", dtype=occ.residual_dtype)
         y = y.astype(jnp.float32) + comp.astype(jnp.float32)
     act_d = q_act is not None and q_act.estimator.needs_input
@@ -178,7 +178,7 @@ def _grad_weight(cfg: _Config, saved: _Saved, g, keys, by_role):
         dw = dw.astype(jnp.float32) * d
     if saved.residual is not None:
         rd = saved.residual.dtype
-        comp = cfg.gemm(Operand(g.astype(rd), None), Operand(saved.residual, None), gw.dn, "compensation_grad",
+        comp = cfg.gemm(Operand(g.astype(rd)), Operand(saved.residual), gw.dn, "compensation_grad",
                         dtype=rd)
         dw = dw.astype(jnp.float32) + _transpose(comp.astype(jnp.float32), gw.perm)
     return dw

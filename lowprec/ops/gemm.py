@@ -1,16 +1,20 @@
 """One GEMM on two prepared operands: on FP8 tensor cores when both are exact FP8 values with
 scales outside the contraction, else simulated in the compute dtype with the same products.
 
-Scales that are constant along the contraction (per tensor, per row of the activation, per
-column of the weight) are applied to the f32 result; scales that vary along it (blocks, or a
-forward operand reused in a backward GEMM that contracts another axis) are multiplied into the
-operand first ("folded").
+Where the scales go:
+- scales that vary along the contraction (blocks, or a forward operand reused in a backward
+  GEMM that contracts another axis) are multiplied into the operand first ("folded");
+- in a simulated GEMM, power-of-two scales are folded too: the product is exact and the
+  operand is cast to the compute dtype anyway;
+- the others (per tensor, per row of the activation, per column of the weight) multiply the
+  GEMM's result. When all of them are powers of two the GEMM writes the output dtype directly
+  and the scaling stays exact in it; otherwise the result is f32.
 
-The FP8 patterns follow what XLA's GEMM rewriter turns into cuBLASLt's FP8 GEMM: with per-tensor
-scales, FP8 operands dequantized in f32 right before the dot (the scalar scales become the
-GEMM's scale arguments and the output is written in its final dtype); with per-row/column
-scales, which cuBLASLt cannot take, the dot of the FP8 operands themselves in the
-(batch, free, contracted) layout, its f32 result scaled afterwards.
+The FP8 pattern is the one XLA's GEMM rewriter turns into cuBLASLt's FP8 GEMM
+(``__cublas$lt$matmul$f8``): a dot_general of the FP8 operands themselves, both laid out
+(batch, free, contracted) (A x B^T), with the scales applied to its result, a scalar one as
+a single multiply that the rewriter can fold into the GEMM. (Dequantizing transposed FP8
+operands in f32 right before the dot instead left an H100 running an f32 GEMM.)
 """
 
 from __future__ import annotations
@@ -29,33 +33,41 @@ def gemm(a: Operand, b: Operand, dn: dims.DimensionNumbers, *, role: str, comput
          native_fp8: str, precision=None, out_dtype=None):
     """``a x b`` in dot_general's output layout (batch, a free, b free), scales applied.
 
-    The result has ``out_dtype`` when given and no scale remains to be applied after the GEMM
-    (a GEMM accumulates narrow dtypes in f32 on every XLA backend and writes ``out_dtype``
-    directly), else f32 (scaled) or ``accum_dtype``.
+    The result has ``out_dtype`` when given and every remaining scale is a power of two (a GEMM
+    accumulates narrow dtypes in f32 on every XLA backend and writes ``out_dtype`` directly);
+    else it is f32 when scaled, ``accum_dtype`` when not.
     """
     (ac, bc), (ab, bb) = dn
     a, b = _fold(a, ac, compute_dtype), _fold(b, bc, compute_dtype)
     path, reason = native.choose(a.values.dtype, b.values.dtype, native_fp8)
     native.log_path(role, a.values, b.values, path, reason)
-    if path == "native_fp8" and a.scale.size == 1 and b.scale.size == 1:
-        return _fp8_dot(a, b, dn, out_dtype or accum_dtype, dequantize=True)
-    unscaled = a.scale is None and b.scale is None
-    result_dtype = out_dtype if unscaled and out_dtype is not None else accum_dtype
+    if path != "native_fp8":
+        a, b = _fold_pow2(a, compute_dtype), _fold_pow2(b, compute_dtype)
+    exact = all(op.scale is None or op.pow2 for op in (a, b))
+    result_dtype = out_dtype if out_dtype is not None and exact else accum_dtype
     if path == "native_fp8":
-        acc = _fp8_dot(a, b, dn, accum_dtype, dequantize=False)
+        acc = _fp8_dot(a.values, b.values, dn, result_dtype)
     else:
         dtype = _simulation_dtype(compute_dtype, result_dtype)
         acc = lax.dot_general(a.values.astype(dtype), b.values.astype(dtype), dn, precision=precision,
                               preferred_element_type=result_dtype)
-    if unscaled:
+    return _scale_result(acc, a, b, dn, exact)
+
+
+def _scale_result(acc, a: Operand, b: Operand, dn, exact: bool):
+    """The GEMM's result times the operands' remaining scales (one multiply for scalars)."""
+    scales = [op.scale for op in (a, b) if op.scale is not None]
+    if not scales:
         return acc
-    y = acc.astype(jnp.float32)
-    n_af = a.values.ndim - len(ac) - len(ab)
-    n_bf = b.values.ndim - len(bc) - len(bb)
+    y = acc if exact else acc.astype(jnp.float32)
+    if all(s.size == 1 for s in scales):
+        return y * math.prod(s.reshape(()) for s in scales).astype(y.dtype)
+    (ac, bc), (ab, bb) = dn
+    n_af, n_bf = a.values.ndim - len(ac) - len(ab), b.values.ndim - len(bc) - len(bb)
     if a.scale is not None:
-        y = y * dims.scale_to_output(a.scale, ac, ab, "lhs", n_bf)
+        y = y * dims.scale_to_output(a.scale, ac, ab, "lhs", n_bf).astype(y.dtype)
     if b.scale is not None:
-        y = y * dims.scale_to_output(b.scale, bc, bb, "rhs", n_af)
+        y = y * dims.scale_to_output(b.scale, bc, bb, "rhs", n_af).astype(y.dtype)
     return y
 
 
@@ -75,25 +87,28 @@ def _fold(op: Operand, contract, compute_dtype) -> Operand:
     along = any(op.scale.shape[d] != 1 for d in contract)
     exact = op.values.dtype == jnp.dtype(compute_dtype) or op.values.dtype.name in native.FP8_DTYPES
     if along or not exact:
-        return Operand(op.dequantize().astype(compute_dtype), None)
+        return Operand(op.dequantize().astype(compute_dtype))
     return op
 
 
-def _fp8_dot(a: Operand, b: Operand, dn, result_dtype, *, dequantize: bool):
-    """The FP8 operands in the layout cuBLASLt's FP8 GEMM takes, (batch, free, contracted) for
-    both (A x B^T), optionally dequantized in f32 by their scalar scales; the result comes back
-    in dot_general's output layout."""
+def _fold_pow2(op: Operand, compute_dtype) -> Operand:
+    """Folds power-of-two scales into values bound for a simulated GEMM (exact where the compute
+    dtype has f32's exponent range, e.g. bf16: FP8 values times 2**k stay representable)."""
+    if op.scale is None or not op.pow2 or jnp.finfo(compute_dtype).maxexp < jnp.finfo(jnp.float32).maxexp:
+        return op
+    return Operand(op.dequantize().astype(compute_dtype))
+
+
+def _fp8_dot(a, b, dn, result_dtype):
+    """dot_general on FP8 operands in the layout cuBLASLt's FP8 GEMM takes: both operands
+    (batch, free, contracted), i.e. A x B^T, then reshaped to dot_general's output layout."""
     (ac, bc), (ab, bb) = dn
-    af, bf = dims.free(a.values.ndim, ac, ab), dims.free(b.values.ndim, bc, bb)
-    batch = tuple(a.values.shape[d] for d in ab)
+    af, bf = dims.free(a.ndim, ac, ab), dims.free(b.ndim, bc, bb)
+    batch = tuple(a.shape[d] for d in ab)
     lead = (math.prod(batch),) if batch else ()
-    operands = []
-    for op, order, free, contract in ((a, ab + af + ac, af, ac), (b, bb + bf + bc, bf, bc)):
-        rows = math.prod(op.values.shape[d] for d in free)
-        depth = math.prod(op.values.shape[d] for d in contract)
-        v = op.values.transpose(order).reshape(lead + (rows, depth))
-        operands.append(v.astype(jnp.float32) * op.scale.reshape(()) if dequantize else v)
-    nd = len(lead) + 2
+    a3 = a.transpose(ab + af + ac).reshape(lead + (math.prod(a.shape[d] for d in af), -1))
+    b3 = b.transpose(bb + bf + bc).reshape(lead + (math.prod(b.shape[d] for d in bf), -1))
+    nd = a3.ndim
     gemm_dn = (((nd - 1,), (nd - 1,)), ((0,), (0,)) if batch else ((), ()))
-    out = lax.dot_general(*operands, gemm_dn, preferred_element_type=result_dtype)
-    return out.reshape(batch + tuple(a.values.shape[d] for d in af) + tuple(b.values.shape[d] for d in bf))
+    out = lax.dot_general(a3, b3, gemm_dn, preferred_element_type=result_dtype)
+    return out.reshape(batch + tuple(a.shape[d] for d in af) + tuple(b.shape[d] for d in bf))

@@ -91,8 +91,10 @@ def choose(lhs_dtype, rhs_dtype, mode: str, device=None) -> tuple[str, str]:
     tensor cores have no E5M2 x E5M2 GEMM).
     """
     names = (jnp.dtype(lhs_dtype).name, jnp.dtype(rhs_dtype).name)
-    if not all(n in FP8_DTYPES for n in names):
-        return "simulated", "operands are not both FP8 values with scales outside the contraction"
+    fp8 = sum(n in FP8_DTYPES for n in names)
+    if fp8 < 2:
+        return "simulated", ("no FP8 operand" if fp8 == 0 else
+                             "one operand is not an FP8 value with its scale outside the contraction")
     if names == ("float8_e5m2", "float8_e5m2"):
         return "simulated", "E5M2 x E5M2 has no FP8 GEMM"
     if mode == "off":

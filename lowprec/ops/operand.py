@@ -4,7 +4,8 @@ applied to the GEMM's output."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -13,17 +14,22 @@ from lowprec.ops import native
 from lowprec.quant import Quantizer
 
 _FACTORABLE = ("tensor", "axis")
+_POW2_RULES = ("pow2_floor", "pow2_ceil", "pow2_nearest", "e8m0fnu")
 
 
-class Operand(NamedTuple):
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Operand:
     """``values * scale`` (``scale`` broadcasts; None means 1) is the tensor a GEMM multiplies.
 
     Quantized per tensor or per vector, ``values`` are the format's grid values, held in an
     FP8 dtype when that is exact, and ``scale`` is 1 along the quantizer's contraction axes.
+    ``pow2``: every scale is a power of two, so multiplying by it is exact.
     """
 
     values: jax.Array
-    scale: jax.Array | None
+    scale: jax.Array | None = None
+    pow2: bool = dataclasses.field(default=False, metadata=dict(static=True))
 
     def dequantize(self) -> jax.Array:
         v = self.values.astype(jnp.float32)
@@ -42,7 +48,7 @@ def quantize(x, q: Quantizer | None, contraction, key, dtype) -> tuple[Operand, 
     divided by its scales: the same scales and the same rounding onto the format.
     """
     if q is None:
-        return Operand(x.astype(dtype), None), None
+        return Operand(x.astype(dtype)), None
     q = bind(q, contraction)
     qt = q.quantize(x, key=key)
     group, ts = qt.group_scales(), qt.tensor_scale
@@ -53,7 +59,7 @@ def quantize(x, q: Quantizer | None, contraction, key, dtype) -> tuple[Operand, 
     else:  # the same rounding quantize() applied; its codes are then dead code under jit
         unit = q.format.quantize(xg / s, q.rounding, overflow=q.overflow)
     if q.granularity.kind in _FACTORABLE:
-        return Operand(unit.astype(_storage_dtype(q, dtype)), s), s
+        return Operand(unit.astype(_storage_dtype(q, dtype)), s, _pow2_scales(q)), s
     values = q.granularity.from_groups(unit * group, x.shape).astype(dtype)
     return Operand(values, None if ts is None else ts.reshape((1,) * x.ndim)), s
 
@@ -69,6 +75,15 @@ def derivative(x, q: Quantizer, s) -> jax.Array | None:
     if not q.estimator.needs_input:
         return None
     return q.estimator.derivative(scaled_input(x, q, s), q.format)
+
+
+def _pow2_scales(q: Quantizer) -> bool:
+    """Whether every scale ``q`` applies is a power of two."""
+    if q.tensor_scale or q.double_quant is not None:
+        return False
+    if q.source == "fixed":
+        return math.frexp(q.fixed_scale)[0] == 0.5
+    return q.scale in _POW2_RULES
 
 
 def _storage_dtype(q: Quantizer, dtype):

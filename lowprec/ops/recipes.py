@@ -4,6 +4,9 @@
 - ``bf16``: no quantization, bf16 operands, f32 accumulation.
 - ``fp8``: E4M3 forward operands, E5M2 output gradients, per-tensor current scaling; the
   backward reuses the forward's FP8 operands (FP8-LM / Transformer Engine style).
+  Per-tensor FP8 scales here are powers of two, 2**ceil(log2(amax / max)) (never clipping;
+  DeepSeek-V3 and MX use power-of-two scales too): scaling by them is exact in any dtype, so
+  an FP8 GEMM writes bf16 directly and a simulated one folds them into its operands.
 - ``fp4_paper``: the FP4 paper (Wang et al. 2025): weights E2M1 per output channel with DGE
   (k=5), activations E2M1 per token with OCC (alpha=0.99), output gradients E5M2 per tensor,
   backward reusing the FP4 operands. ``fp4(...)`` builds its ablations; ``w4a4``, ``w4a8``
@@ -20,9 +23,9 @@ from lowprec.ops.recipe import Recipe
 from lowprec.quant import Quantizer, dge, presets
 from lowprec.quant.occ import OCC
 
-E4M3_TENSOR = Quantizer("e4m3fn", "tensor")
-E5M2_TENSOR = Quantizer("e5m2", "tensor")
-_FP4_SCALE = "pow2_ceil"  # the paper's sf = 2**floor(log2(6 / amax)) is 1 / 2**ceil(log2(amax / 6))
+_POW2 = "pow2_ceil"  # the FP4 paper's sf = 2**floor(log2(6 / amax)) is 1 / 2**ceil(log2(amax / 6))
+E4M3_TENSOR = Quantizer("e4m3fn", "tensor", scale=_POW2)
+E5M2_TENSOR = Quantizer("e5m2", "tensor", scale=_POW2)
 _REGISTRY: dict[str, Recipe] = {}
 
 
@@ -86,7 +89,7 @@ def _element(field: str, bits: int) -> str:
 
 
 def _scale(bits: int) -> str:
-    return _FP4_SCALE if bits == 4 else "fp32"
+    return _POW2 if bits == 4 else "fp32"
 
 
 none = register("none", Recipe())

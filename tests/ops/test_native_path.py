@@ -87,3 +87,19 @@ def test_native_pattern_computes_what_the_simulation_computes(name, rand):
         out[mode] = jax.jit(run)(x, w, g)
     for a, b in zip(out["on"], out["off"]):
         np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=1e-2, atol=1e-2)
+
+
+def test_native_pattern_feeds_fp8_operands_to_nt_dots():
+    """What XLA rewrites into cuBLASLt's FP8 GEMM on Hopper: dots of float8 operands that both
+    contract their last dim, here for the forward and both backward GEMMs of the fp8 recipe."""
+    x, w, g = jnp.ones((16, 32), jnp.bfloat16), jnp.ones((32, 8), jnp.bfloat16), jnp.ones((16, 8), jnp.bfloat16)
+    recipe = recipes.fp8.replace(native_fp8="on")
+
+    def step(x, w, g):
+        y, vjp = jax.vjp(lambda a, b: dot_general(a, b, DN, recipe), x, w)
+        return y, vjp(g)
+
+    dots = [line for line in jax.jit(step).lower(x, w, g).as_text().splitlines() if "dot_general" in line]
+    assert len(dots) == 3
+    for line in dots:
+        assert "contracting_dims = [1] x [1]" in line and line.count("xf8E") == 2 and "-> tensor<" in line
