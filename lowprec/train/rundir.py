@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 
 STATUSES = ("running", "done", "failed")
 
@@ -70,7 +69,3 @@ def read_metrics(path: str) -> list[dict]:
             except json.JSONDecodeError:
                 break
     return records
-
-
-def now() -> float:
-    return time.time()
