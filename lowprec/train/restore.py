@@ -1,0 +1,68 @@
+"""Load a trained run back: its config, its model with the checkpointed parameters.
+
+    run = restore.load_run("runs/20m-bf16")          # latest checkpoint
+    run.model(tokens_BxT)                            # an nnx.Module with the trained weights
+    run.params, run.cfg, run.step
+
+Used by post-training quantization, fine-tuning from a pretrained run and evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from lowprec.train import sharding
+from lowprec.train.checkpoint import Checkpointer, abstract
+from lowprec.train.step import TrainState
+
+
+@dataclasses.dataclass
+class RestoredRun:
+    cfg: ml_collections.ConfigDict   # the run's config (from config.json)
+    mcfg: Any                        # its LlamaConfig
+    policy: Any                      # its precision Policy
+    graphdef: Any
+    params: Any                      # nnx.State of Params, restored
+    rest: Any
+    step: int                        # the checkpoint's step
+    mesh: Any
+
+    @property
+    def model(self) -> nnx.Module:
+        return nnx.merge(self.graphdef, self.params, self.rest)
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{workdir} is not a run directory: it has no config.json")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def load_run(workdir: str, step: int | None = None, devices=None) -> RestoredRun:
+    """The run in ``workdir`` at checkpoint ``step`` (default: the latest) on ``devices``
+    (default: the first local device), parameters in the run's storage dtype."""
+    from lowprec.train import loop  # the loop builds models and optimizers as training did
+
+    cfg = read_config(workdir)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.train.keep_checkpoints, async_save=False)
+    step = ckpt.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"{workdir} has no checkpoint to restore")
+    mesh = sharding.make_mesh({"data": -1}, devices or jax.devices()[:1])
+    mcfg, policy, graphdef, params, rest, _ = loop.build_model(cfg, mesh)
+    tx, _ = loop.make_optimizer(cfg, policy)
+    state = TrainState(jnp.zeros((), jnp.int32), params, jax.jit(tx.init)(params))
+    state = sharding.onto_mesh(state, mesh)
+    restored, _ = ckpt.restore(step, abstract(state))
+    ckpt.close()
+    return RestoredRun(cfg, mcfg, policy, graphdef, restored.params, rest, int(step), mesh)
