@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 
 import jax
 import jax.numpy as jnp
 
 from configs import lm
-from experiments.common import environment, time_fn, write_json
+from experiments.common import environment, kernel_times, time_fn, write_json
 from lowprec.train import loop, sharding
 from lowprec.train.progress import model_flops_per_token, peak_flops
 from lowprec.train.step import TrainState, make_loss_fn, make_train_step
@@ -41,10 +42,19 @@ def measure(size: str, recipe: str, args) -> dict:
         return m["loss"]
 
     seconds = time_fn(run, tokens, warmup=2, repeats=args.steps)
+    kernels = None
+    if args.profile:
+        trace_dir = os.path.join(args.profile, f"{size}_{recipe}")
+        with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+            for _ in range(3):
+                jax.block_until_ready(run(tokens))
+        kernels = dict(list(kernel_times(trace_dir, 3).items())[:40])
     flops = model_flops_per_token(mcfg, args.seq) * args.batch * args.seq
     peak = peak_flops(jax.devices()[0])
     out = {"size": size, "recipe": recipe, "params_M": mcfg.num_params() / 1e6, "step_s": seconds,
            "tokens_per_s": args.batch * args.seq / seconds, "mfu": flops / seconds / peak if peak else None}
+    if kernels is not None:
+        out["kernels_s"] = kernels
     del holder, state, params
     gc.collect()
     return out
@@ -63,6 +73,7 @@ def main():
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--remat", action="store_true")
     parser.add_argument("--attention", default="", help='"", "xla" or "cudnn"')
+    parser.add_argument("--profile", default="", help="also trace 3 steps into this directory; kernel times go to the JSON")
     parser.add_argument("--out", default="experiments/results/benchmarks/train.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

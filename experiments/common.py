@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import collections
 import datetime
+import glob
+import gzip
 import json
 import os
 import platform
@@ -59,3 +62,21 @@ def write_json(path: str, payload: dict) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as f:
         json.dump(payload, f, indent=2)
+
+
+def kernel_times(trace_dir: str, steps: int) -> dict[str, float]:
+    """Seconds per step of each device kernel name in the newest perfetto trace under ``trace_dir``."""
+    path = max(glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True), key=os.path.getmtime)
+    with gzip.open(path) as f:
+        events = json.load(f)["traceEvents"]
+    names = {e["pid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
+    totals = collections.Counter()
+    for e in events:
+        if e.get("ph") != "X" or "dur" not in e:
+            continue
+        if "GPU" not in names.get(e["pid"], "") and "/device:" not in names.get(e["pid"], ""):
+            continue
+        totals[e["name"]] += e["dur"] * 1e-6 / steps
+    if not totals:
+        print(f"no device kernels in {path}; tracks: {sorted(set(names.values()))}")
+    return dict(totals.most_common())

@@ -48,6 +48,17 @@ def fp8_dtype_for(fmt: Format) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=None)
+def cast_dtype_for(fmt: Format) -> str | None:
+    """The FP8 dtype whose finite values are exactly those of ``fmt``, if any: rounding onto
+    ``fmt`` to nearest-even, saturating, is then one clip and one hardware convert."""
+    name = fp8_dtype_for(fmt)
+    if name is None or not getattr(fmt, "has_nan", False):
+        return None
+    codes = np.arange(256, dtype=np.uint8).view(_ML_DTYPES[name]).astype(np.float64)
+    return name if np.array_equal(np.unique(codes[np.isfinite(codes)]) + 0.0, _values(fmt)) else None
+
+
 def exact_in(fmt: Format, dtype) -> bool:
     """Whether every value of ``fmt`` is exactly representable in ``dtype``."""
     return _exact_in(fmt, jnp.dtype(dtype).name)

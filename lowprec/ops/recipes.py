@@ -19,6 +19,10 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
+import re
+
 from lowprec.ops.recipe import Recipe
 from lowprec.quant import Quantizer, dge, presets
 from lowprec.quant.occ import OCC
@@ -46,30 +50,51 @@ def names() -> list[str]:
 
 
 def get(spec: str | Recipe) -> Recipe:
-    """A recipe by name, or a Recipe (returned as is)."""
+    """A recipe by name, a factory call such as ``"fp4(act_bits=8, dge_k=3)"`` (keyword
+    arguments, literal values; for configs and command lines), or a Recipe (returned as is)."""
     if isinstance(spec, Recipe):
         return spec
-    if spec not in _REGISTRY:
-        raise ValueError(f"unknown recipe {spec!r}; known: {', '.join(names())}")
-    return _REGISTRY[spec]
+    if spec in _REGISTRY:
+        return _REGISTRY[spec]
+    call = re.fullmatch(r"\s*(\w+)\s*\((.*)\)\s*", spec or "", re.S)
+    if call and call.group(1) in FACTORIES:
+        factory, kwargs = FACTORIES[call.group(1)], _keywords(spec, call.group(2))
+        allowed = [p for p in inspect.signature(factory).parameters if p != "name"]
+        unknown = sorted(set(kwargs) - set(allowed))
+        if unknown:
+            raise ValueError(f"recipe {spec!r}: unknown argument(s) {', '.join(unknown)}; "
+                             f"{call.group(1)}() takes {', '.join(allowed)}")
+        return factory(**kwargs).replace(name=spec.strip())
+    raise ValueError(f"unknown recipe {spec!r}; known: {', '.join(names())}, or a call of "
+                     f"{', '.join(f'{f}(...)' for f in FACTORIES)}")
+
+
+def _keywords(spec: str, text: str) -> dict:
+    try:
+        call = ast.parse(f"f({text})", mode="eval").body
+        if call.args:
+            raise ValueError("positional arguments")
+        return {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+    except (SyntaxError, ValueError) as e:
+        raise ValueError(f"recipe {spec!r}: arguments must be keyword=literal pairs ({e})") from None
 
 
 def fp4(weight_bits: int = 4, act_bits: int = 4, *, dge_k: float | None = None, occ_alpha: float | None = None,
         weight_granularity: str = "channel", act_granularity: str = "token", occ_per: str = "tensor",
         quantile: str = "exact", compensate: bool = True, compensation: str = "separate",
-        name: str | None = None) -> Recipe:
+        element: str = "e2m1fn", name: str | None = None) -> Recipe:
     """The FP4 paper's recipe family: W{weight_bits}A{act_bits} with optional DGE and OCC.
 
-    4-bit operands are E2M1 with power-of-two scales (the paper's), 8-bit ones E4M3 with
-    fp32 scales. ``dge_k``: DGE on the weights with that k (None: direct quantization, STE).
+    4-bit operands are ``element`` (E2M1, the paper's; E1M2 and E3M0 are its other FP4
+    candidates) with power-of-two scales, 8-bit ones E4M3 with fp32 scales. ``dge_k``: DGE on the weights with that k (None: direct quantization, STE).
     ``occ_alpha``: OCC on the activations (None: none); ``occ_per``, ``quantile``,
     ``compensate`` configure it and ``compensation`` picks how (see ``Recipe``). Granularities
     (``"channel"``/``"token"`` vector-wise, or ``"tensor"``) are the paper's ablation (d).
     """
-    weight = Quantizer(_element("weight_bits", weight_bits), weight_granularity, scale=_scale(weight_bits),
+    weight = Quantizer(_element("weight_bits", weight_bits, element), weight_granularity, scale=_scale(weight_bits),
                        estimator="ste" if dge_k is None else dge(k=dge_k))
     occ = None if occ_alpha is None else OCC(alpha=occ_alpha, per=occ_per, compensate=compensate, quantile=quantile)
-    act = Quantizer(_element("act_bits", act_bits), act_granularity, scale=_scale(act_bits), occ=occ)
+    act = Quantizer(_element("act_bits", act_bits, element), act_granularity, scale=_scale(act_bits), occ=occ)
     if name is None:
         name = f"w{weight_bits}a{act_bits}" + (f"+dge(k={dge_k:g})" if dge_k is not None else "") + (
             f"+occ({occ_alpha:g})" if occ_alpha is not None else "")
@@ -82,10 +107,10 @@ def _every_role(q: Quantizer) -> Recipe:
                   compute_dtype="bfloat16")
 
 
-def _element(field: str, bits: int) -> str:
+def _element(field: str, bits: int, element: str) -> str:
     if bits not in (4, 8):
-        raise ValueError(f"{field} must be 4 (E2M1) or 8 (E4M3); got {bits!r}")
-    return "e2m1fn" if bits == 4 else "e4m3fn"
+        raise ValueError(f"{field} must be 4 ({element}) or 8 (E4M3); got {bits!r}")
+    return element if bits == 4 else "e4m3fn"
 
 
 def _scale(bits: int) -> str:
@@ -103,3 +128,4 @@ w8a4 = register("w8a4", fp4(8, 4))
 mxfp8 = register("mxfp8", _every_role(presets.MXFP8_E4M3))
 mxfp4 = register("mxfp4", _every_role(presets.MXFP4))
 nvfp4 = register("nvfp4", _every_role(presets.NVFP4))
+FACTORIES = {"fp4": fp4}

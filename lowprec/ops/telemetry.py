@@ -5,7 +5,9 @@ One row per role (``recipe.ROLES``), one column per statistic (``STATS``):
 - ``saturated``: fraction of elements whose scaled magnitude exceeded the format's max;
 - ``clamped``: fraction clamped by OCC (forward activation only);
 - ``flushed``: fraction of non-zero elements that became zero;
-- ``sqnr_db``: 10 log10(sum x^2 / sum (x - q)^2) of what the GEMM multiplies (q) vs x.
+- ``sqnr_db``: 10 log10(sum x^2 / sum (x - q)^2) of what the GEMM multiplies (q) vs x;
+- ``max_over_std``: amax / standard deviation of x (how far the largest outlier sits);
+- ``kurtosis``: E[(x - mean)^4] / var^2 of x (3 for a Gaussian; heavy tails are larger).
 Rows of roles that are not quantized (or reuse a forward operand) are zero. All values are
 finite so that gradient checks (loss scaling, ``apply_if_finite``) never trip on them.
 """
@@ -17,7 +19,7 @@ import jax.numpy as jnp
 
 from lowprec.ops.recipe import ROLES
 
-STATS = ("amax", "saturated", "clamped", "flushed", "sqnr_db")
+STATS = ("amax", "saturated", "clamped", "flushed", "sqnr_db", "max_over_std", "kurtosis")
 _TINY = float(jnp.finfo(jnp.float32).tiny)
 
 
@@ -40,8 +42,15 @@ def operand_stats(x, effective, scaled, fmt_max: float, clamped=None) -> jax.Arr
     signal = jnp.sum(jnp.where(finite, x * x, 0.0))
     noise = jnp.sum(jnp.where(finite, (x - effective) ** 2, 0.0))
     sqnr = 10.0 * (jnp.log10(signal + _TINY) - jnp.log10(noise + _TINY))
+    n = jnp.maximum(jnp.sum(finite), 1).astype(jnp.float32)
+    unit = jnp.where(finite, x, 0.0) / jnp.where(amax > 0, amax, 1.0)  # in [-1, 1]: squares cannot flush
+    centered = jnp.where(finite, unit - jnp.sum(unit) / n, 0.0)
+    std = jnp.sqrt(jnp.sum(centered ** 2) / n)
+    z = centered / jnp.where(std > 0, std, 1.0)
+    kurtosis = jnp.sum(z ** 4) / n
+    max_over_std = jnp.where(std > 0, 1.0 / jnp.where(std > 0, std, 1.0), 0.0)  # amax / std
     return jnp.stack([amax, saturated.astype(jnp.float32), clamped_frac.astype(jnp.float32),
-                      flushed.astype(jnp.float32), sqnr])
+                      flushed.astype(jnp.float32), sqnr, max_over_std, kurtosis])
 
 
 def rows(by_role: dict) -> jax.Array:

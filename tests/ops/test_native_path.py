@@ -103,3 +103,30 @@ def test_native_pattern_feeds_fp8_operands_to_nt_dots():
     assert len(dots) == 3
     for line in dots:
         assert "contracting_dims = [1] x [1]" in line and line.count("xf8E") == 2 and "-> tensor<" in line
+
+
+def test_cast_dtype_only_for_formats_that_are_an_fp8_dtype():
+    assert native.cast_dtype_for(lp.formats.get("e4m3fn")) == "float8_e4m3fn"
+    assert native.cast_dtype_for(lp.formats.get("e5m2")) == "float8_e5m2"
+    for name in ("e2m1fn", "e3m2fn", "e4m3fnuz", "int4", "nf4"):  # held exactly in E4M3, but a coarser grid
+        assert native.cast_dtype_for(lp.formats.get(name)) is None
+
+
+@pytest.mark.parametrize("fmt", ["e4m3fn", "e5m2"])
+@pytest.mark.parametrize("scale", [dict(scale="pow2_ceil"), dict(source="fixed", fixed_scale=1.0),
+                                   dict(source="fixed", fixed_scale=2.0 ** -7)])
+def test_operand_cast_equals_format_rounding_on_every_bf16_pattern(fmt, scale):
+    """The operand of an FP8 GEMM is a saturating convert; it must round as the format does
+    (subnormals, ties, saturation, infinities, with the scale that brings them into range)."""
+    from lowprec.ops import operand
+    x = jnp.asarray(np.arange(65536, dtype=np.uint16).view(jnp.bfloat16)).reshape(256, 256)
+    if "source" not in scale:  # a NaN would set the tensor scale to NaN
+        x = jnp.where(jnp.isnan(x), 0.0, x).astype(jnp.bfloat16)
+    q = lp.Quantizer(format=fmt, granularity="tensor", **scale)
+    op, s = jax.jit(lambda v: operand.quantize(v, q, (1,), None, jnp.bfloat16))(x)
+    assert op.values.dtype == native.FP8_DTYPES[native.cast_dtype_for(q.format)]
+    ref = q.format.quantize(x.astype(jnp.float32) / s, "nearest_even", overflow="saturate")
+    got = np.asarray(op.values.astype(jnp.float32))
+    np.testing.assert_array_equal(got.view(np.uint32)[~np.isnan(got)], np.asarray(ref).view(np.uint32)[~np.isnan(got)])
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(np.asarray(ref)))
+    np.testing.assert_array_equal(np.asarray(op.dequantize()), np.asarray(q(x).astype(jnp.float32)))

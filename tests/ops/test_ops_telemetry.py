@@ -28,6 +28,10 @@ def test_forward_statistics_on_a_constructed_input():
     xq = jax.jit(E4M3_UNSCALED)(x)
     want_sqnr = 10 * np.log10(float(jnp.sum(x * x)) / float(jnp.sum((x - xq) ** 2)))
     assert s["sqnr_db"] == pytest.approx(want_sqnr, rel=1e-5)
+    x64 = np.asarray(x, np.float64)
+    z = (x64 - x64.mean()) / x64.std()
+    assert s["max_over_std"] == pytest.approx(1000.0 / x64.std(), rel=1e-5)
+    assert s["kurtosis"] == pytest.approx(np.mean(z ** 4), rel=1e-4)
     assert telemetry.as_dict(stats)["fwd_weight"] == dict.fromkeys(telemetry.STATS, 0.0)
 
 
@@ -52,6 +56,18 @@ def test_occ_clamped_fraction_is_reported(rand):
     _, stats = jax.jit(lambda a: dot_general(a, jnp.ones((128, 4)), DN, "fp4_paper", probe=telemetry.probe()))(x)
     clamped = telemetry.as_dict(stats)["fwd_act"]["clamped"]
     assert clamped == pytest.approx(0.02, abs=0.005)  # 2 (1 - alpha) at alpha = 0.99
+
+
+def test_kurtosis_of_gaussian_and_heavy_tails(rand):
+    """About 3 for Gaussian activations, far above for Student-t(3) ones; finite for tiny gradients."""
+    w = jnp.ones((256, 4))
+    kurt = {}
+    for name, x in (("normal", jax.random.normal(jax.random.key(0), (512, 256))), ("t3", rand(1, (512, 256), df=3)),
+                    ("tiny", 1e-30 * jax.random.normal(jax.random.key(2), (512, 256)))):
+        _, stats = jax.jit(lambda a: dot_general(a, w, DN, "w8a4", probe=telemetry.probe()))(x)
+        kurt[name] = telemetry.as_dict(stats)["fwd_act"]["kurtosis"]
+    assert kurt["normal"] == pytest.approx(3.0, abs=0.1) and kurt["t3"] > 6.0
+    assert kurt["tiny"] == pytest.approx(3.0, abs=0.1)  # standardized before the fourth power
 
 
 def test_rows_follow_roles():

@@ -1,5 +1,7 @@
 """Named recipes, the FP4 paper's family, and Recipe's validation and one-line printing."""
 
+import re
+
 import pytest
 
 import lowprec as lp
@@ -77,3 +79,19 @@ def test_register_a_custom_recipe():
 def test_recipe_errors_name_the_field_and_allowed_values(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         Recipe(**kwargs)
+
+
+def test_recipe_spec_strings_build_factory_recipes():
+    r = recipes.get("fp4(act_bits=8, dge_k=3)")
+    assert r == recipes.fp4(4, 8, dge_k=3) and r.name == "fp4(act_bits=8, dge_k=3)"
+    assert str(r).startswith("Recipe fp4(act_bits=8, dge_k=3):")
+    e1m2 = recipes.get('fp4(dge_k=5, occ_alpha=0.99, element="e1m2")')
+    assert e1m2.fwd_act.format == lp.formats.get("e1m2") and e1m2.fwd_weight.format == lp.formats.get("e1m2")
+    assert e1m2.fwd_act.occ.alpha == 0.99 and e1m2.dgrad_grad.format == lp.formats.get("e5m2")
+
+
+@pytest.mark.parametrize("spec, words", [("fp4(4)", "keyword=literal"), ("fp4(bogus=1)", "bogus"),
+                                         ("fp4(dge_k=x)", "keyword=literal"), ("nope", "fp4(...)")])
+def test_bad_recipe_specs_name_the_problem(spec, words):
+    with pytest.raises(ValueError, match=re.escape(words)):
+        recipes.get(spec)
