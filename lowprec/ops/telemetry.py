@@ -7,7 +7,8 @@ One row per role (``recipe.ROLES``), one column per statistic (``STATS``):
 - ``flushed``: fraction of non-zero elements that became zero;
 - ``sqnr_db``: 10 log10(sum x^2 / sum (x - q)^2) of what the GEMM multiplies (q) vs x;
 - ``max_over_std``: amax / standard deviation of x (how far the largest outlier sits);
-- ``kurtosis``: E[(x - mean)^4] / var^2 of x (3 for a Gaussian; heavy tails are larger).
+- ``kurtosis``: E[(x - mean)^4] / var^2 of x (3 for a Gaussian; heavy tails are larger);
+- ``mse``: mean (x - q)^2; ``cosine``: cosine similarity of q and x (the FP4 paper's Table 1).
 Rows of roles that are not quantized (or reuse a forward operand) are zero. All values are
 finite so that gradient checks (loss scaling, ``apply_if_finite``) never trip on them.
 """
@@ -19,7 +20,7 @@ import jax.numpy as jnp
 
 from lowprec.ops.recipe import ROLES
 
-STATS = ("amax", "saturated", "clamped", "flushed", "sqnr_db", "max_over_std", "kurtosis")
+STATS = ("amax", "saturated", "clamped", "flushed", "sqnr_db", "max_over_std", "kurtosis", "mse", "cosine")
 _TINY = float(jnp.finfo(jnp.float32).tiny)
 
 
@@ -49,8 +50,12 @@ def operand_stats(x, effective, scaled, fmt_max: float, clamped=None) -> jax.Arr
     z = centered / jnp.where(std > 0, std, 1.0)
     kurtosis = jnp.sum(z ** 4) / n
     max_over_std = jnp.where(std > 0, 1.0 / jnp.where(std > 0, std, 1.0), 0.0)  # amax / std
+    mse = noise / n
+    dot = jnp.sum(jnp.where(finite, x * effective, 0.0))
+    q_norm = jnp.sqrt(jnp.sum(jnp.where(finite, effective * effective, 0.0)))
+    cosine = dot / (jnp.sqrt(signal) * q_norm + _TINY)
     return jnp.stack([amax, saturated.astype(jnp.float32), clamped_frac.astype(jnp.float32),
-                      flushed.astype(jnp.float32), sqnr, max_over_std, kurtosis])
+                      flushed.astype(jnp.float32), sqnr, max_over_std, kurtosis, mse, cosine])
 
 
 def rows(by_role: dict) -> jax.Array:

@@ -32,6 +32,9 @@ def test_forward_statistics_on_a_constructed_input():
     z = (x64 - x64.mean()) / x64.std()
     assert s["max_over_std"] == pytest.approx(1000.0 / x64.std(), rel=1e-5)
     assert s["kurtosis"] == pytest.approx(np.mean(z ** 4), rel=1e-4)
+    q64 = np.asarray(xq, np.float64)
+    assert s["mse"] == pytest.approx(np.mean((x64 - q64) ** 2), rel=1e-5)
+    assert s["cosine"] == pytest.approx(np.sum(x64 * q64) / np.linalg.norm(x64) / np.linalg.norm(q64), rel=1e-6)
     assert telemetry.as_dict(stats)["fwd_weight"] == dict.fromkeys(telemetry.STATS, 0.0)
 
 
