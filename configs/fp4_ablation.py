@@ -1,0 +1,70 @@
+"""The FP4 paper's ablations (Wang et al. 2025, Figure 6) at small scale: which sub-sweep by ``arg``.
+
+    python -m launch.sweep configs/fp4_ablation.py:a --root runs/fp4_ablation      # (a) precision
+    python -m launch.sweep configs/fp4_ablation.py:all --root runs/fp4_ablation    # (a)-(e), deduplicated
+    python -m experiments.report runs/fp4_ablation --only 'recipe=(w4a8.*)'         # one panel
+    python -m experiments.occ_table --run runs/fp4_ablation/<a bf16 run>           # (f) Table 1
+
+- (a) precision: bf16, fp8, plain W4A4, and W4A4 + DGE + OCC (``fp4_paper``, the full method);
+- (b) weights only, W4A8: direct (STE) vs DGE with k = 3, 5, 10;
+- (c) activations only, W8A4: direct vs OCC with alpha = 0.999, 0.99, 0.97, with and without
+  compensation (telemetry logs each layer's activation max/std and kurtosis);
+- (d) granularity in the full method: weights {tensor, channel} x activations {tensor, token};
+- (e) the FP4 element format in the full method: E2M1 vs E1M2 vs E3M0.
+
+Every setting is a named recipe registered below (so run names, logs and reports read
+``w4a8_dge5``, not a Recipe dump); the run configuration is ``configs/precision.py``'s: the
+~20M model, identical hyperparameters, two seeds.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import precision
+from launch.sweep import axis, product, seeds
+from lowprec.ops import recipes
+
+
+def _register(name: str, recipe) -> str:
+    recipes.register(name, recipe, overwrite=True)
+    return name
+
+
+FULL = dict(dge_k=5, occ_alpha=0.99)  # the paper's full method on top of W4A4
+SWEEPS = {
+    "a": ("bf16", "fp8", "w4a4", "fp4_paper"),
+    "b": ("w4a8",) + tuple(_register(f"w4a8_dge{k}", recipes.fp4(4, 8, dge_k=k)) for k in (3, 5, 10)),
+    "c": ("w8a4",) + tuple(_register(f"w8a4_{'occ' if comp else 'clamp'}{str(a)[2:]}",
+                                     recipes.fp4(8, 4, occ_alpha=a, compensate=comp))
+                           for comp in (True, False) for a in (0.999, 0.99, 0.97)),
+    "d": tuple(_register(f"fp4_w{w}_a{a}", recipes.fp4(**FULL, weight_granularity=w, act_granularity=a))
+               for w in ("tensor", "channel") for a in ("tensor", "token")),
+    "e": tuple(_register(f"fp4_{e}", recipes.fp4(**FULL, element=e)) for e in ("e2m1fn", "e1m2", "e3m0")),
+}
+# fp4_wchannel_atoken and fp4_e2m1fn are fp4_paper itself: kept as names for the panels, and
+# "all" runs each distinct recipe once.
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    del arg  # the sub-sweep letter only selects runs
+    return precision.get_config()
+
+
+def get_sweep(arg: str | None = None) -> list[dict]:
+    arg = arg or "all"
+    if arg != "all" and arg not in SWEEPS:
+        raise ValueError(f"unknown ablation {arg!r}; known: {', '.join(SWEEPS)}, all")
+    names = SWEEPS[arg] if arg != "all" else distinct([n for s in SWEEPS.values() for n in s])
+    return product(axis("recipe", names), seeds(2))
+
+
+def distinct(names: list[str]) -> list[str]:
+    """The names in order, each recipe once (a name whose recipe equals an earlier one's is dropped)."""
+    kept, seen = [], []
+    for n in names:
+        r = recipes.get(n)
+        if not any(r == s for s in seen):
+            kept.append(n)
+            seen.append(r)
+    return kept

@@ -1,0 +1,263 @@
+"""Sweeps from config files: axes, expansion into named run directories, the manifest, the CLI.
+
+A config file defines ``get_config(arg)`` and ``get_sweep(arg)``, the latter a list of
+override dicts built with the helpers here::
+
+    from launch.sweep import axis, product, seeds
+    def get_sweep(arg):
+        return product(axis("recipe", ["bf16", "fp8"]), axis("optim.lr", [1e-3, 3e-3]), seeds(2))
+
+    python -m launch.sweep configs/precision.py --root runs/precision --dry-run
+    python -m launch.sweep configs/precision.py --root runs/precision --parallel 4
+
+Each run is ``<root>/<readable name>-<hash8>`` (the hash is of the fully resolved config), so a
+re-run finds its runs again: done ones are skipped, interrupted or failed ones resume from their
+checkpoints. Any number of runners (processes, SLURM array tasks, machines on one filesystem)
+may share a sweep; each run is claimed atomically (see ``launch.runner``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import hashlib
+import importlib.util
+import itertools
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import ml_collections
+
+MANIFEST = "manifest.json"
+TRAIN_MODULE = "experiments.train"
+
+
+# ---- axes ----
+def axis(path: str, values) -> list[dict]:
+    """One axis: ``[{path: v} for v in values]``; ``path`` is a config path such as ``"optim.lr"``."""
+    values = list(values)
+    if not values:
+        raise ValueError(f"axis {path!r} has no values")
+    return [{path: v} for v in values]
+
+
+def product(*axes: list[dict]) -> list[dict]:
+    """The cartesian product of axes (each a list of override dicts), first axis slowest."""
+    return [_merge(combo) for combo in itertools.product(*axes)]
+
+
+def zip_axes(*axes: list[dict]) -> list[dict]:
+    """Axes of equal length merged elementwise (values that move together)."""
+    lengths = sorted({len(a) for a in axes})
+    if len(lengths) > 1:
+        raise ValueError(f"zip_axes needs axes of equal length; got lengths {[len(a) for a in axes]}")
+    return [_merge(combo) for combo in zip(*axes)]
+
+
+def seeds(n: int, start: int = 0) -> list[dict]:
+    """``axis("seed", range(start, start + n))``."""
+    return axis("seed", range(start, start + n))
+
+
+def _merge(dicts) -> dict:
+    out = {}
+    for d in dicts:
+        clash = set(out) & set(d)
+        if clash:
+            raise ValueError(f"the same config path is set by two axes: {sorted(clash)}")
+        out.update(d)
+    return out
+
+
+# ---- expansion ----
+@dataclasses.dataclass
+class Run:
+    id: str
+    overrides: dict
+    config: ml_collections.ConfigDict
+    command: list[str]
+    path: str
+
+
+def load_sweep(spec: str):
+    """(config module, arg) of ``"configs/file.py[:arg]"``."""
+    path, _, arg = spec.partition(":")
+    if not path.endswith(".py") or not os.path.isfile(path):
+        raise FileNotFoundError(f"sweep config {path!r} is not a .py file (spec: 'configs/<file>.py[:<arg>]')")
+    name = "_sweep_" + re.sub(r"\W", "_", os.path.splitext(path)[0])
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise AttributeError(f"{path} defines no get_config(arg)")
+    return module, (arg or None)
+
+
+def apply_overrides(cfg: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
+    """A copy of ``cfg`` with ``{"a.b": v}`` set; an unknown key names the keys that exist there."""
+    cfg = ml_collections.ConfigDict(cfg.to_dict())
+    for path, value in overrides.items():
+        node, parts = cfg, path.split(".")
+        for i, part in enumerate(parts):
+            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+                where = ".".join(parts[:i]) or "the config"
+                known = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else "none"
+                raise KeyError(f"override {path!r}: {where} has no key {part!r}; known: {known}")
+            if i < len(parts) - 1:
+                node = node[part]
+        try:
+            node[parts[-1]] = value
+        except TypeError as e:
+            raise TypeError(f"override {path!r}={value!r}: {e}") from None
+    return cfg
+
+
+def config_hash(cfg: ml_collections.ConfigDict) -> str:
+    text = json.dumps(cfg.to_dict(), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def readable_name(overrides: dict) -> str:
+    parts = [f"{path.split('.')[-1]}-{_clean(value)}" for path, value in overrides.items()]
+    return "_".join(parts) or "run"
+
+
+def _clean(value) -> str:
+    text = re.sub(r"[^A-Za-z0-9.=-]+", "-", str(value)).strip("-")
+    return text[:60] or "x"
+
+
+def _cli_value(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return "(" + ",".join(_cli_value(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+    return str(value)
+
+
+def train_command(spec: str, workdir: str, overrides: dict) -> list[str]:
+    return [sys.executable, "-m", TRAIN_MODULE, "--config", spec, "--workdir", workdir] + [
+        f"--config.{path}={_cli_value(v)}" for path, v in overrides.items()]
+
+
+def expand(spec: str, root: str = "runs/sweep") -> list[Run]:
+    """The runs of ``spec``'s ``get_sweep(arg)`` (one run of ``get_config(arg)`` without one)."""
+    module, arg = load_sweep(spec)
+    base = module.get_config(arg)
+    sweep = module.get_sweep(arg) if hasattr(module, "get_sweep") else [{}]
+    runs, seen = [], {}
+    for overrides in sweep:
+        if not isinstance(overrides, dict):
+            raise TypeError(f"get_sweep must return a list of dicts; got an item {overrides!r}")
+        cfg = apply_overrides(base, overrides)
+        run_id = f"{readable_name(overrides)}-{config_hash(cfg)}"
+        if run_id in seen:
+            raise ValueError(f"two sweep entries give the same config ({seen[run_id]} and {overrides})")
+        seen[run_id] = overrides
+        path = os.path.join(root, run_id)
+        runs.append(Run(run_id, dict(overrides), cfg, train_command(spec, path, overrides), path))
+    return runs
+
+
+def varying_axes(runs: list[Run]) -> list[str]:
+    paths = []
+    for r in runs:
+        paths += [p for p in r.overrides if p not in paths]
+    return [p for p in paths if len({json.dumps(r.overrides.get(p), default=str) for r in runs}) > 1]
+
+
+# ---- manifest ----
+def versions() -> dict:
+    out = {"python": sys.version.split()[0]}
+    for name in ("jax", "jaxlib", "flax", "optax", "orbax.checkpoint", "ml_dtypes", "numpy", "lowprec"):
+        try:
+            module = importlib.import_module(name)
+            out[name] = getattr(module, "__version__", "?")
+        except ImportError:
+            out[name] = None
+    return out
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def write_manifest(root: str, spec: str, runs: list[Run]) -> str:
+    """Writes (atomically) ``<root>/manifest.json``; runs of an earlier manifest are kept."""
+    os.makedirs(root, exist_ok=True)
+    path = os.path.join(root, MANIFEST)
+    entries = {r.id: {"id": r.id, "overrides": r.overrides, "command": r.command} for r in runs}
+    created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    if os.path.exists(path):
+        old = read_manifest(root)
+        created = old.get("created", created)
+        entries = {**{e["id"]: e for e in old.get("runs", [])}, **entries}
+    manifest = {"config": spec, "created": created, "axes": varying_axes(runs), "runs": list(entries.values()),
+                "versions": versions(), "git": git_commit()}
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=2, default=str)
+    os.replace(tmp, path)
+    return path
+
+
+def read_manifest(root: str) -> dict:
+    with open(os.path.join(root, MANIFEST)) as f:
+        return json.load(f)
+
+
+# ---- CLI ----
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m launch.sweep", description=__doc__.splitlines()[0])
+    p.add_argument("spec", help="configs/<file>.py[:<arg>]")
+    p.add_argument("--root", required=True, help="the sweep's directory (runs/<name>)")
+    p.add_argument("--dry-run", action="store_true", help="print the runs and their commands; run nothing")
+    p.add_argument("--parallel", type=int, default=None,
+                   help="runs at a time (default: one per GPU listed by --devices or nvidia-smi, else 1)")
+    p.add_argument("--devices", default=None,
+                   help="GPU indices for the slots, e.g. 0,1,2,3 (repeat one to share it: 0,0,1,1)")
+    p.add_argument("--only", default=None, help="regex: only runs whose id matches")
+    p.add_argument("--max-runs", type=int, default=None, help="at most this many runs (after --only)")
+    p.add_argument("--worker", type=int, default=0, help="this runner takes runs with index %% num_workers == worker")
+    p.add_argument("--num-workers", type=int, default=1)
+    p.add_argument("--retry-failed", action=argparse.BooleanOptionalAction, default=True,
+                   help="start failed runs again (default) or leave them")
+    p.add_argument("--refresh", type=float, default=10.0, help="seconds between summary lines")
+    return p
+
+
+def select(runs: list[Run], only: str | None, max_runs: int | None, worker: int, num_workers: int) -> list[Run]:
+    if not 0 <= worker < num_workers:
+        raise ValueError(f"--worker must be in [0, --num-workers={num_workers}); got {worker}")
+    if only:
+        runs = [r for r in runs if re.search(only, r.id)]
+    if max_runs is not None:
+        runs = runs[:max_runs]
+    return [r for i, r in enumerate(runs) if i % num_workers == worker]
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    from launch import runner
+
+    runs = expand(args.spec, args.root)
+    mine = select(runs, args.only, args.max_runs, args.worker, args.num_workers)
+    if args.dry_run:
+        print(f"{len(mine)} of {len(runs)} runs of {args.spec} under {args.root}:")
+        for r in mine:
+            print(f"{r.id}\n    {shlex.join(r.command)}")
+        return 0
+    write_manifest(args.root, args.spec, runs)
+    slots = runner.slots(args.parallel, args.devices)
+    return runner.Runner(mine, slots, retry_failed=args.retry_failed, refresh=args.refresh).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
