@@ -2,6 +2,7 @@
 
     python -m launch.sweep configs/fp4_ablation.py:a --root runs/fp4_ablation      # (a) precision
     python -m launch.sweep configs/fp4_ablation.py:all --root runs/fp4_ablation    # (a)-(e), deduplicated
+    python -m launch.sweep configs/fp4_ablation.py:a+b+c --root runs/fp4_ablation  # several
     python -m experiments.report runs/fp4_ablation --only 'recipe=(w4a8.*)'         # one panel
     python -m experiments.occ_table --run runs/fp4_ablation/<a bf16 run>           # (f) Table 1
 
@@ -52,11 +53,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def get_sweep(arg: str | None = None) -> list[dict]:
-    arg = arg or "all"
-    if arg != "all" and arg not in SWEEPS:
-        raise ValueError(f"unknown ablation {arg!r}; known: {', '.join(SWEEPS)}, all")
-    names = SWEEPS[arg] if arg != "all" else distinct([n for s in SWEEPS.values() for n in s])
-    return product(axis("recipe", names), seeds(2))
+    letters = list(SWEEPS) if (arg or "all") == "all" else arg.split("+")
+    unknown = [x for x in letters if x not in SWEEPS]
+    if unknown:
+        raise ValueError(f"unknown ablation(s) {unknown}; known: {', '.join(SWEEPS)}, all, or a+b+...")
+    return product(axis("recipe", distinct([n for x in letters for n in SWEEPS[x]])), seeds(2))
 
 
 def distinct(names: list[str]) -> list[str]:

@@ -6,10 +6,8 @@
 
 ``get_config(arg)`` is one run (``configs/lm.py``'s 20m model, identical hyperparameters for
 every recipe: AdamW b=(0.9, 0.95), wd 0.1, warmup then cosine decay to 10%), ``arg`` optionally
-naming the recipe; ``get_sweep`` lists the runs as overrides of it. The length (2000 steps of
-64 x 512 bytes, 65.5M tokens) is set by ``train.steps``; override it on the command line of
-``launch.sweep`` with ``--set train.steps=...``-style overrides where the launcher offers them,
-or edit ``STEPS``.
+naming the recipe; ``get_sweep`` lists the runs as overrides of it. The length (1500 steps of
+64 x 512 bytes, 49M tokens) is ``STEPS``.
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ from configs import lm
 from launch.sweep import axis, product, seeds
 
 RECIPES = ("bf16", "fp8", "w4a8", "w8a4", "w4a4", "fp4_paper")
-STEPS = 2000
+STEPS = 1500
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
