@@ -53,6 +53,7 @@ def load_run(workdir: str, step: int | None = None, devices=None) -> RestoredRun
     (default: the first local device), parameters in the run's storage dtype."""
     from lowprec.train import loop  # the loop builds models and optimizers as training did
 
+    workdir = os.path.abspath(workdir)  # orbax needs absolute paths
     cfg = read_config(workdir)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.train.keep_checkpoints, async_save=False)
     step = ckpt.latest_step() if step is None else step
