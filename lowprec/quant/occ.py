@@ -92,7 +92,10 @@ def clamp(x, occ: OCC) -> tuple[jax.Array, jax.Array]:
     x = jnp.asarray(x)
     lo, hi = bounds(jax.lax.stop_gradient(x), occ)
     xc = jnp.clip(x, lo, hi)
-    residual = (x.astype(jnp.float32) - xc.astype(jnp.float32)).astype(occ.residual_dtype)
+    # Zero inside the bounds by construction: XLA may keep a fused producer of a bf16 ``x`` in
+    # f32 (excess precision), and ``x - xc`` would then be a dense sub-ulp residual.
+    outside = (x < lo) | (x > hi)
+    residual = jnp.where(outside, x.astype(jnp.float32) - xc.astype(jnp.float32), 0.0).astype(occ.residual_dtype)
     return xc, residual
 
 

@@ -139,3 +139,27 @@ def test_bad_occ_settings_name_the_field_and_choices():
         lp.Quantizer("e2m1fn", occ=0.99)
     with pytest.raises(ValueError, match=r"rank >= 1"):
         clamp_outliers(jnp.float32(1.0), OCC())
+
+
+def test_residual_is_sparse_inside_a_model_layer():
+    """The clamped fraction of every layer's input is 2(1 - alpha), also where the activation is
+    a fused bf16 product (an MLP's down projection, whose f32 producer XLA may not round)."""
+    from flax import nnx
+
+    from lowprec.models import llama
+    from lowprec.ops import Recipe
+    from lowprec.quant import Quantizer
+    from lowprec.quant.occ import OCC
+    from lowprec.train.telemetry import flatten, make_telemetry_fn
+
+    mcfg = llama.config_for("tiny")
+    recipe = Recipe(fwd_act=Quantizer("e2m1fn", "token", scale="pow2_ceil", occ=OCC(alpha=0.99)),
+                    compute_dtype="bfloat16")
+    fn = make_telemetry_fn(mcfg, [("lm_head", "bf16"), (".*", recipe)], 0)
+    params = nnx.split(llama.Llama(mcfg, nnx.Rngs(0)), nnx.Param, ...)[1]
+    tokens = jax.random.randint(jax.random.key(1), (8, 65), 0, 256)
+    stats = flatten(*jax.device_get(fn(params, tokens)))
+    clamped = {k: v for k, v in stats.items() if k.endswith("fwd_act/clamped")}
+    assert any("down" in k for k in clamped) and len(clamped) >= 10
+    for name, frac in clamped.items():
+        assert frac == pytest.approx(0.02, abs=0.004), name
