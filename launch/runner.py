@@ -1,4 +1,4 @@
-"""The local runner: a sweep's runs as subprocesses, N at a time, one GPU slot each.
+"""The local runner: a sweep's runs as subprocesses, N at a time, each pinned to its GPU slot.
 
 Claims make runners share a sweep safely: a run is taken by creating ``<run>/.claim`` with
 ``O_CREAT | O_EXCL`` (host, pid, time) and released when it ends; a claim left by a dead
@@ -10,6 +10,7 @@ its STATUS is marked ``failed`` with the exit code and the output's last lines.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -20,64 +21,112 @@ import time
 from lowprec.train.rundir import RunDir
 
 CLAIM = ".claim"
+STOP_GRACE_S = 120  # how long stopped runs get to save their checkpoint before they are killed
+
+log = logging.getLogger(__name__)
 
 
-def local_gpus() -> list[str]:
-    """Indices of this machine's NVIDIA GPUs (empty without nvidia-smi)."""
+# ---- GPU slots ----
+def local_gpus() -> tuple[list[str], str]:
+    """This process's GPUs and where the list came from: ``$CUDA_VISIBLE_DEVICES`` (a scheduler's
+    allocation, e.g. SLURM's) when set, else ``nvidia-smi -L``; empty without either."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d.strip() for d in visible.split(",") if d.strip()], "$CUDA_VISIBLE_DEVICES"
     try:
         out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
     except (OSError, subprocess.SubprocessError):
-        return []
-    return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
+        return [], "no nvidia-smi"
+    return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")], "nvidia-smi -L"
 
 
-def slots(parallel: int | None, devices: str | None) -> list[str | None]:
-    """One entry per concurrent run: the GPU it sees (None: the process sees what it finds)."""
-    gpus = [d.strip() for d in devices.split(",") if d.strip()] if devices else local_gpus()
+def slots(parallel: int | None, devices: str | None, gpus_per_run: int = 1) -> list[str | None]:
+    """One entry per concurrent run: the ``CUDA_VISIBLE_DEVICES`` it gets (None: CPU, unpinned).
+
+    GPUs come from ``devices`` ("0,1,2,3") or :func:`local_gpus`, grouped ``gpus_per_run`` at a
+    time; ``parallel`` defaults to the number of groups and, when larger, slots share groups
+    round-robin.
+    """
     if parallel is not None and parallel < 1:
         raise ValueError(f"--parallel must be >= 1; got {parallel}")
+    if gpus_per_run < 1:
+        raise ValueError(f"--gpus-per-run must be >= 1; got {gpus_per_run}")
+    if devices:
+        gpus, source = [d.strip() for d in devices.split(",") if d.strip()], "--devices"
+    else:
+        gpus, source = local_gpus()
     if not gpus:
+        log.info("no GPUs (%s): %d run(s) at a time, unpinned", source, parallel or 1)
         return [None] * (parallel or 1)
-    n = parallel or len(gpus)
-    return [gpus[i % len(gpus)] for i in range(n)]
+    if len(gpus) % gpus_per_run:
+        raise ValueError(f"--gpus-per-run {gpus_per_run} does not divide the {len(gpus)} GPUs {gpus} ({source})")
+    groups = [",".join(gpus[i:i + gpus_per_run]) for i in range(0, len(gpus), gpus_per_run)]
+    n = parallel or len(groups)
+    out = [groups[i % len(groups)] for i in range(n)]
+    log.info("GPUs from %s: %d slot(s) %s", source, n, out)
+    return out
 
 
+# ---- claims ----
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except PermissionError:  # it exists, owned by someone else
         return True
     return True
 
 
 def claim(run_path: str) -> bool:
-    """Atomically claims the run; takes over a stale claim of this host."""
+    """Atomically claims the run for this process; takes over a stale claim: one of this host
+    whose runner and training processes are both gone."""
     os.makedirs(run_path, exist_ok=True)
     path = os.path.join(run_path, CLAIM)
-    record = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()})
     for _ in range(2):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            try:
-                with open(path) as f:
-                    owner = json.load(f)
-            except (OSError, json.JSONDecodeError):
-                return False  # being written right now, or unreadable: leave it
-            if owner.get("host") != socket.gethostname() or _alive(int(owner.get("pid", -1))):
+            owner = read_claim(run_path)
+            if owner is None:  # being written right now (or vanished): someone else is on it
                 return False
-            print(f"[sweep] taking over the stale claim of {run_path} (pid {owner.get('pid')} is gone)", flush=True)
+            pids = [int(owner.get(k, -1)) for k in ("pid", "child")]
+            if owner.get("host") != socket.gethostname() or any(_alive(pid) for pid in pids if pid > 0):
+                log.info("%s is claimed by %s pid %s since %s (if that runner is gone, delete %s)",
+                         os.path.basename(run_path), owner.get("host"), owner.get("pid"),
+                         time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(owner.get("time", 0))), path)
+                return False
+            log.info("taking over the stale claim of %s (its runner pid %s and training pid %s of this host are gone)",
+                     run_path, owner.get("pid"), owner.get("child"))
             try:
                 os.remove(path)
             except FileNotFoundError:
                 pass
             continue
         with os.fdopen(fd, "w") as f:
-            f.write(record)
+            json.dump({"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}, f)
         return True
     return False
+
+
+def note_child(run_path: str, child_pid: int) -> None:
+    """Adds the training process to this runner's claim: a training process that outlives its
+    runner (killed with SIGKILL) keeps the claim alive, so no second runner starts the run."""
+    path = os.path.join(run_path, CLAIM)
+    record = dict(read_claim(run_path) or {}, child=child_pid)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(record, f)
+    os.replace(tmp, path)  # the claim file exists throughout, so O_EXCL claims still fail
+
+
+def read_claim(run_path: str) -> dict | None:
+    """The claim's record (host, pid, time), or None when there is none (or it is half written)."""
+    try:
+        with open(os.path.join(run_path, CLAIM)) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def release(run_path: str) -> None:
@@ -85,6 +134,21 @@ def release(run_path: str) -> None:
         os.remove(os.path.join(run_path, CLAIM))
     except FileNotFoundError:
         pass
+
+
+# ---- reading a run ----
+def status_stamp(run_path: str) -> tuple | None:
+    """Identifies the current STATUS file (it is replaced, never edited): a later different stamp
+    means someone wrote it since. Compares no clocks, so it holds across hosts."""
+    try:
+        st = os.stat(os.path.join(run_path, "STATUS"))
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def read_status(run_path: str) -> tuple[str | None, str]:
+    return RunDir(run_path, writer=False).status() if os.path.isdir(run_path) else (None, "")
 
 
 def last_train_record(run_path: str) -> dict | None:
@@ -106,28 +170,40 @@ def last_train_record(run_path: str) -> dict | None:
     return None
 
 
-def _log(run_path: str, text: str) -> None:
+def _runner_log(run_path: str, text: str) -> None:
     with open(os.path.join(run_path, "runner.log"), "a") as f:
         f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {socket.gethostname()} pid {os.getpid()}: {text}\n")
 
 
-class Runner:
-    """Runs ``runs`` (``launch.sweep.Run``) on ``slots``; ``run()`` returns the exit code."""
+def _tail(path: str, lines: int = 15) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:]).rstrip()
+    except OSError:
+        return ""
 
-    def __init__(self, runs, slot_devices, retry_failed: bool = True, refresh: float = 10.0, env=None):
+
+# ---- the runner ----
+class Runner:
+    """Runs ``runs`` (``launch.sweep.Run``) on ``slot_devices`` (see :func:`slots`); ``run()``
+    returns the exit code: 1 if any of its runs ended failed (or the runner was stopped)."""
+
+    def __init__(self, runs, slot_devices, retry_failed: bool = True, refresh: float = 5.0, env=None):
         self.runs, self.slots = list(runs), list(slot_devices)
         self.retry_failed, self.refresh = retry_failed, refresh
         self.env = dict(os.environ if env is None else env)
-        self.running: dict[int, tuple] = {}  # slot -> (run, process, output file)
-        self.outcome: dict[str, str] = {}    # run id -> done / failed / skipped (claimed elsewhere)
+        self.running: dict[int, tuple] = {}  # slot -> (run, process, output file, STATUS stamp at start)
+        self.outcome: dict[str, str] = {}    # run id -> done / failed / running / claimed elsewhere
+        self.stamps: dict[str, tuple | None] = {}  # run id -> STATUS stamp when this runner began
         self._stop = False
+        self._last_summary = ""
 
     def run(self) -> int:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        queue = [r for r in self.runs if not self._finished(r)]
-        print(f"[sweep] {len(self.runs)} runs: {len(self.runs) - len(queue)} already done"
-              f"{'' if self.retry_failed else ' or failed'}, {len(queue)} to run on {len(self.slots)} slot(s)",
-              flush=True)
+        self.stamps = {r.id: status_stamp(r.path) for r in self.runs}
+        queue = [r for r in self.runs if not self._settled(r)]
+        log.info("%d runs: %d %s, %d to run on %d slot(s)", len(self.runs), len(self.runs) - len(queue),
+                 "already done" if self.retry_failed else "already done or failed", len(queue), len(self.slots))
         last_summary = 0.0
         try:
             while (queue or self.running) and not self._stop:
@@ -144,92 +220,107 @@ class Runner:
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
-        self._summary(0)
+        self._summary(0, final=True)
         return self._final_table()
 
-    # ---- internals ----
     def _on_signal(self, signum, frame):
-        print(f"[sweep] signal {signum}: stopping the running runs (they save a checkpoint)", flush=True)
+        log.warning("signal %d: stopping the running runs (they save a checkpoint and can resume)", signum)
         self._stop = True
 
-    def _finished(self, run) -> bool:
-        status, _ = RunDir(run.path, writer=False).status() if os.path.isdir(run.path) else (None, "")
-        if status == "done" or (status == "failed" and not self.retry_failed):
+    def _settled(self, run) -> bool:
+        """Whether the run needs no start: done; failed and not to be retried; or failed by another
+        runner since this one began (retrying that here would run it twice in one sweep pass)."""
+        status, _ = read_status(run.path)
+        fresh = status_stamp(run.path) != self.stamps.get(run.id)
+        if status == "done" or (status == "failed" and (not self.retry_failed or fresh)):
             self.outcome[run.id] = status
             return True
         return False
 
     def _start(self, slot: int, run) -> None:
-        if self._finished(run):  # another runner may have finished it meanwhile
+        if self._settled(run):  # another runner finished it while this one was busy
             return
         if not claim(run.path):
             self.outcome[run.id] = "claimed elsewhere"
             return
+        if self._settled(run):  # ... or between the check and the claim
+            release(run.path)
+            return
         env = dict(self.env)
-        if self.slots[slot] is not None:
-            env["CUDA_VISIBLE_DEVICES"] = self.slots[slot]
-            env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # slots may share a GPU
+        device = self.slots[slot]
+        if device is not None:
+            env["CUDA_VISIBLE_DEVICES"] = device
+            if self.slots.count(device) > 1:  # runs share this GPU: allocate memory as needed
+                env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
         out = open(os.path.join(run.path, "stdout.txt"), "a")
-        _log(run.path, f"started on slot {slot} (device {self.slots[slot]})")
+        stamp = status_stamp(run.path)
+        where = "CPU" if device is None else f"CUDA_VISIBLE_DEVICES={device}"
+        _runner_log(run.path, f"started on slot {slot} ({where})")
+        log.info("start %s on slot %d (%s)", run.id, slot, where)
         process = subprocess.Popen(run.command, stdout=out, stderr=subprocess.STDOUT, env=env,
                                    cwd=os.getcwd(), start_new_session=True)
-        self.running[slot] = (run, process, out)
+        note_child(run.path, process.pid)
+        self.running[slot] = (run, process, out, stamp)
 
     def _reap(self) -> None:
-        for slot, (run, process, out) in list(self.running.items()):
+        for slot, (run, process, out, stamp) in list(self.running.items()):
             rc = process.poll()
             if rc is None:
                 continue
             out.close()
             del self.running[slot]
-            status, reason = RunDir(run.path, writer=False).status()
-            if rc != 0 and status != "failed":
-                tail = _tail(os.path.join(run.path, "stdout.txt"))
-                RunDir(run.path).set_status("failed", f"exit code {rc}; last output:\n{tail}")
+            status, reason = read_status(run.path)
+            if rc != 0 and (status != "failed" or status_stamp(run.path) == stamp):
+                # The process died without recording why (killed, or before the trainer began).
+                reason = f"exit code {rc}; last output:\n{_tail(os.path.join(run.path, 'stdout.txt'))}"
+                RunDir(run.path).set_status("failed", reason)
                 status = "failed"
-            _log(run.path, f"ended with exit code {rc}, STATUS {status}")
-            self.outcome[run.id] = status or "no STATUS"
+            _runner_log(run.path, f"ended with exit code {rc}, STATUS {status}")
+            self.outcome[run.id] = {"running": "interrupted (resumes when re-run)", None: "no STATUS"}.get(
+                status, status)
             release(run.path)
             if status == "failed":
-                print(f"[sweep] FAILED {run.id}: {(reason or '').splitlines()[0] if reason else f'exit {rc}'}",
-                      flush=True)
+                log.error("FAILED %s: %s", run.id, (reason or f"exit code {rc}").splitlines()[0])
+            else:
+                log.info("end %s: exit code %d, STATUS %s", run.id, rc, status)
 
     def _terminate(self) -> None:
-        for run, process, _ in self.running.values():
+        for run, process, _, _ in self.running.values():
             process.send_signal(signal.SIGTERM)
-        deadline = time.time() + 120
+        deadline = time.time() + STOP_GRACE_S
         while self.running and time.time() < deadline:
             self._reap()
             time.sleep(0.5)
-        for run, process, _ in self.running.values():
+        for run, process, _, _ in self.running.values():
+            log.error("killing %s: it did not stop within %d s", run.id, STOP_GRACE_S)
             process.kill()
+        while self.running:
+            self._reap()
+            time.sleep(0.1)
 
-    def _summary(self, queued: int) -> None:
+    def _summary(self, queued: int, final: bool = False) -> None:
+        """The live line: counts, and each running run's latest step and loss (repeated while
+        running to show the runner is alive; at the end only if it changed)."""
         counts = {k: sum(v == k for v in self.outcome.values()) for k in ("done", "failed")}
         parts = []
-        for run, _, _ in self.running.values():
+        for run, _, _, _ in self.running.values():
             rec = last_train_record(run.path)
-            parts.append(f"{run.id} step {rec['step']} loss {rec['loss']:.4g}" if rec and isinstance(
-                rec.get("loss"), (int, float)) else f"{run.id} starting")
-        print(f"[sweep] done {counts['done']} | running {len(self.running)} | failed {counts['failed']} | "
-              f"queued {queued}" + ("  ::  " + "; ".join(parts) if parts else ""), flush=True)
+            loss = rec.get("loss") if rec else None
+            parts.append(f"{run.id} step {rec['step']} loss {loss:.4g}" if isinstance(loss, (int, float))
+                         else f"{run.id} starting")
+        line = (f"done {counts['done']} | running {len(self.running)} | failed {counts['failed']} | "
+                f"queued {queued}" + (("  ::  " + "; ".join(parts)) if parts else ""))
+        if not (final and line == self._last_summary):
+            log.info("%s", line)
+        self._last_summary = line
 
     def _final_table(self) -> int:
-        print("[sweep] run                                                      outcome")
-        failed = 0
-        for run in self.runs:
-            outcome = self.outcome.get(run.id, "not started")
-            failed += outcome == "failed"
-            print(f"[sweep] {run.id:56s} {outcome}")
+        width = max([len(r.id) for r in self.runs] + [3])
+        lines = [f"{'run':{width}s}  outcome"] + [
+            f"{r.id:{width}s}  {self.outcome.get(r.id, 'not started')}" for r in self.runs]
+        print("\n".join(lines), flush=True)
+        failed = sum(self.outcome.get(r.id) == "failed" for r in self.runs)
         return 1 if failed or self._stop else 0
-
-
-def _tail(path: str, lines: int = 15) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            return "".join(f.readlines()[-lines:]).rstrip()
-    except OSError:
-        return ""
 
 
 if __name__ == "__main__":

@@ -19,15 +19,19 @@ may share a sweep; each run is claimed atomically (see ``launch.runner``).
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import datetime
 import hashlib
+import importlib.metadata
 import importlib.util
 import itertools
 import json
+import logging
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
 
@@ -35,6 +39,11 @@ import ml_collections
 
 MANIFEST = "manifest.json"
 TRAIN_MODULE = "experiments.train"
+MAX_NAME = 120  # characters of a run id before its hash (directory names have a 255-byte limit)
+# Distributions whose versions the manifest records.
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "ml-collections", "ml-dtypes", "numpy", "lowprec")
+
+log = logging.getLogger(__name__)
 
 
 # ---- axes ----
@@ -77,6 +86,8 @@ def _merge(dicts) -> dict:
 # ---- expansion ----
 @dataclasses.dataclass
 class Run:
+    """One run of a sweep: its id (the directory name), overrides, resolved config, command, directory."""
+
     id: str
     overrides: dict
     config: ml_collections.ConfigDict
@@ -99,8 +110,12 @@ def load_sweep(spec: str):
 
 
 def apply_overrides(cfg: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
-    """A copy of ``cfg`` with ``{"a.b": v}`` set; an unknown key names the keys that exist there."""
-    cfg = ml_collections.ConfigDict(cfg.to_dict())
+    """A copy of ``cfg`` with ``{"a.b": v}`` set; an unknown key names the keys that exist there.
+
+    The copy keeps every field's type (placeholders included), so ml_collections' rules apply
+    exactly as they do to ``--config.a.b=v`` on the training command line.
+    """
+    cfg = copy.deepcopy(cfg)
     for path, value in overrides.items():
         node, parts = cfg, path.split(".")
         for i, part in enumerate(parts):
@@ -118,27 +133,32 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: dict) -> ml_colle
 
 
 def config_hash(cfg: ml_collections.ConfigDict) -> str:
+    """The first 8 hex digits of the sha256 of the resolved config as JSON (sorted keys)."""
     text = json.dumps(cfg.to_dict(), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def readable_name(overrides: dict) -> str:
+    """``recipe-fp8_seed-1``: each override's last path component and value, in order."""
     parts = [f"{path.split('.')[-1]}-{_clean(value)}" for path, value in overrides.items()]
-    return "_".join(parts) or "run"
+    return "_".join(parts)[:MAX_NAME].rstrip("_-") or "run"  # the hash after it keeps ids distinct
 
 
 def _clean(value) -> str:
+    # '_' separates the parts of a name, so it is replaced inside values too.
     text = re.sub(r"[^A-Za-z0-9.=-]+", "-", str(value)).strip("-")
-    return text[:60] or "x"
+    return text[:60] or "empty"
 
 
 def _cli_value(value) -> str:
+    """The value as ml_collections' config flags parse it back: sequences as Python literals."""
     if isinstance(value, (list, tuple)):
-        return "(" + ",".join(_cli_value(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+        return repr(type(value)(value))
     return str(value)
 
 
 def train_command(spec: str, workdir: str, overrides: dict) -> list[str]:
+    """The argv that trains one run (run from the repository root)."""
     return [sys.executable, "-m", TRAIN_MODULE, "--config", spec, "--workdir", workdir] + [
         f"--config.{path}={_cli_value(v)}" for path, v in overrides.items()]
 
@@ -163,6 +183,7 @@ def expand(spec: str, root: str = "runs/sweep") -> list[Run]:
 
 
 def varying_axes(runs: list[Run]) -> list[str]:
+    """The override paths whose value differs between runs, in order of first appearance."""
     paths = []
     for r in runs:
         paths += [p for p in r.overrides if p not in paths]
@@ -171,17 +192,18 @@ def varying_axes(runs: list[Run]) -> list[str]:
 
 # ---- manifest ----
 def versions() -> dict:
+    """Python's and the installed packages' versions (None: not installed)."""
     out = {"python": sys.version.split()[0]}
-    for name in ("jax", "jaxlib", "flax", "optax", "orbax.checkpoint", "ml_dtypes", "numpy", "lowprec"):
+    for name in PACKAGES:
         try:
-            module = importlib.import_module(name)
-            out[name] = getattr(module, "__version__", "?")
-        except ImportError:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
             out[name] = None
     return out
 
 
 def git_commit() -> str | None:
+    """The repository's HEAD commit, or None outside a git checkout."""
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
                               timeout=10).stdout.strip() or None
@@ -201,7 +223,7 @@ def write_manifest(root: str, spec: str, runs: list[Run]) -> str:
         entries = {**{e["id"]: e for e in old.get("runs", [])}, **entries}
     manifest = {"config": spec, "created": created, "axes": varying_axes(runs), "runs": list(entries.values()),
                 "versions": versions(), "git": git_commit()}
-    tmp = f"{path}.{os.getpid()}.tmp"
+    tmp = f"{path}.{socket.gethostname()}.{os.getpid()}.tmp"  # runners on several hosts may write it
     with open(tmp, "w") as f:
         json.dump(manifest, f, indent=2, default=str)
     os.replace(tmp, path)
@@ -209,6 +231,7 @@ def write_manifest(root: str, spec: str, runs: list[Run]) -> str:
 
 
 def read_manifest(root: str) -> dict:
+    """``<root>/manifest.json`` as a dict."""
     with open(os.path.join(root, MANIFEST)) as f:
         return json.load(f)
 
@@ -220,24 +243,34 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--root", required=True, help="the sweep's directory (runs/<name>)")
     p.add_argument("--dry-run", action="store_true", help="print the runs and their commands; run nothing")
     p.add_argument("--parallel", type=int, default=None,
-                   help="runs at a time (default: one per GPU listed by --devices or nvidia-smi, else 1)")
+                   help="runs at a time (default: one per GPU group, see --devices; 1 without GPUs)")
     p.add_argument("--devices", default=None,
-                   help="GPU indices for the slots, e.g. 0,1,2,3 (repeat one to share it: 0,0,1,1)")
+                   help="GPU indices for the slots, e.g. 0,1,2,3 (repeat one to share it: 0,0,1,1); "
+                        "default: $CUDA_VISIBLE_DEVICES, else the GPUs nvidia-smi lists")
+    p.add_argument("--gpus-per-run", type=int, default=1, help="GPUs each run sees (consecutive devices)")
     p.add_argument("--only", default=None, help="regex: only runs whose id matches")
     p.add_argument("--max-runs", type=int, default=None, help="at most this many runs (after --only)")
     p.add_argument("--worker", type=int, default=0, help="this runner takes runs with index %% num_workers == worker")
-    p.add_argument("--num-workers", type=int, default=1)
+    p.add_argument("--num-workers", type=int, default=1, help="how many workers split the sweep (SLURM array size)")
     p.add_argument("--retry-failed", action=argparse.BooleanOptionalAction, default=True,
                    help="start failed runs again (default) or leave them")
-    p.add_argument("--refresh", type=float, default=10.0, help="seconds between summary lines")
+    p.add_argument("--refresh", type=float, default=5.0, help="seconds between summary lines")
     return p
 
 
 def select(runs: list[Run], only: str | None, max_runs: int | None, worker: int, num_workers: int) -> list[Run]:
-    if not 0 <= worker < num_workers:
-        raise ValueError(f"--worker must be in [0, --num-workers={num_workers}); got {worker}")
+    """The runs one runner works on: ``--only`` and ``--max-runs`` first, then every num_workers-th."""
+    if num_workers < 1 or not 0 <= worker < num_workers:
+        raise ValueError(f"--worker must be in [0, --num-workers) and --num-workers >= 1; "
+                         f"got --worker {worker} --num-workers {num_workers}")
+    if max_runs is not None and max_runs < 0:
+        raise ValueError(f"--max-runs must be >= 0; got {max_runs}")
     if only:
-        runs = [r for r in runs if re.search(only, r.id)]
+        try:
+            pattern = re.compile(only)
+        except re.error as e:
+            raise ValueError(f"--only {only!r} is not a regular expression: {e}") from None
+        runs = [r for r in runs if pattern.search(r.id)]
     if max_runs is not None:
         runs = runs[:max_runs]
     return [r for i, r in enumerate(runs) if i % num_workers == worker]
@@ -245,8 +278,19 @@ def select(runs: list[Run], only: str | None, max_runs: int | None, worker: int,
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    from launch import runner
+    # The launcher's messages go to stdout next to its tables (a handler of this call only).
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("[sweep] %(message)s"))
+    package_log = logging.getLogger("launch")
+    package_log.addHandler(handler)
+    package_log.setLevel(logging.INFO)
+    try:
+        return _main(args)
+    finally:
+        package_log.removeHandler(handler)
 
+
+def _main(args) -> int:
     runs = expand(args.spec, args.root)
     mine = select(runs, args.only, args.max_runs, args.worker, args.num_workers)
     if args.dry_run:
@@ -254,8 +298,10 @@ def main(argv=None) -> int:
         for r in mine:
             print(f"{r.id}\n    {shlex.join(r.command)}")
         return 0
+    from launch import runner  # imports lowprec (and so jax), which a dry run does without
+
     write_manifest(args.root, args.spec, runs)
-    slots = runner.slots(args.parallel, args.devices)
+    slots = runner.slots(args.parallel, args.devices, args.gpus_per_run)
     return runner.Runner(mine, slots, retry_failed=args.retry_failed, refresh=args.refresh).run()
 
 

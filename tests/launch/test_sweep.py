@@ -1,166 +1,122 @@
-"""Sweeps: axes, expansion, run ids, the local runner (failures, re-runs, shared sweeps), SLURM/TPU scripts."""
+"""Sweep definitions: axes, expansion into runs (names, hashes, commands), selection, the manifest."""
 
+import hashlib
+import importlib.metadata
 import json
 import os
-import subprocess
-import sys
-import textwrap
+import shlex
 
+import jax
 import pytest
+from absl import flags
+from ml_collections import config_flags
 
-from launch import runner, slurm, sweep, tpu
-from lowprec.train.rundir import RunDir, read_metrics
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SWEEP_FILE = textwrap.dedent("""
-    from configs import lm
-    from launch.sweep import axis
-
-    def get_config(arg=None):
-        c = lm.get_config("smoke")
-        c.train.steps, c.train.log_every, c.train.eval_every = 4, 2, 4
-        c.train.checkpoint_every, c.train.eval_batches, c.train.progress = 4, 1, False
-        return c
-
-    def get_sweep(arg=None):
-        recipes = ["bf16", "fp8", "no_such_recipe"] if arg != "ok" else ["bf16", "fp8"]
-        return axis("recipe", recipes)
-""")
-
-
-def env():
-    e = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
-    e.pop("XLA_FLAGS", None)
-    return e
-
-
-@pytest.fixture
-def spec(tmp_path):
-    path = tmp_path / "sweep_cfg.py"
-    path.write_text(SWEEP_FILE)
-    return str(path)
+from launch import sweep
 
 
 def test_axes_compose():
-    grid = sweep.product(sweep.axis("recipe", ["a", "b"]), sweep.zip_axes(sweep.axis("optim.lr", [1, 2]),
-                                                                           sweep.axis("optim.b1", [0.8, 0.9])),
-                         sweep.seeds(2))
-    assert len(grid) == 8 and grid[0] == {"recipe": "a", "optim.lr": 1, "optim.b1": 0.8, "seed": 0}
-    assert grid[-1] == {"recipe": "b", "optim.lr": 2, "optim.b1": 0.9, "seed": 1}
-    assert [g["seed"] for g in grid[:2]] == [0, 1]  # the last axis moves fastest
+    grid = sweep.product(sweep.axis("recipe", ["a", "b"]),
+                         sweep.zip_axes(sweep.axis("optim.lr", [1, 2]), sweep.axis("optim.b1", [0.8, 0.9])),
+                         sweep.seeds(2, start=5))
+    assert len(grid) == 8
+    assert grid[0] == {"recipe": "a", "optim.lr": 1, "optim.b1": 0.8, "seed": 5}
+    assert grid[1] == {"recipe": "a", "optim.lr": 1, "optim.b1": 0.8, "seed": 6}  # the last axis moves fastest
+    assert grid[2] == {"recipe": "a", "optim.lr": 2, "optim.b1": 0.9, "seed": 5}
+    assert grid[-1] == {"recipe": "b", "optim.lr": 2, "optim.b1": 0.9, "seed": 6}
+    assert sweep.seeds(3) == [{"seed": 0}, {"seed": 1}, {"seed": 2}]
     with pytest.raises(ValueError, match="equal length"):
         sweep.zip_axes(sweep.axis("a", [1, 2]), sweep.axis("b", [1]))
     with pytest.raises(ValueError, match="two axes"):
         sweep.product(sweep.axis("a", [1]), sweep.axis("a", [2]))
+    with pytest.raises(ValueError, match="no values"):
+        sweep.axis("a", [])
 
 
-def test_expand_names_runs_and_rejects_unknown_keys(spec, tmp_path):
+def test_runs_are_named_by_overrides_and_config_hash(spec, tmp_path):
     runs = sweep.expand(spec, str(tmp_path / "root"))
-    ids = [r.id for r in runs]
-    assert len(set(ids)) == 3 and ids[0].startswith("recipe-bf16-") and ids[2].startswith("recipe-no-such-recipe-")
-    assert ids == [r.id for r in sweep.expand(spec, str(tmp_path / "root"))]  # stable
-    assert runs[1].config.recipe == "fp8" and "--config.recipe=fp8" in runs[1].command
-    assert sweep.varying_axes(runs) == ["recipe"]
-    base = runs[0].config
-    with pytest.raises(KeyError, match="known: .*steps"):
+    for run, name in zip(runs, ["recipe-none", "recipe-bf16", "recipe-bf16_data-3"], strict=True):
+        text = json.dumps(run.config.to_dict(), sort_keys=True, default=str)
+        assert run.id == f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+        assert run.path == os.path.join(str(tmp_path / "root"), run.id)
+    assert [(r.config.recipe, r.config.mesh.data) for r in runs] == [("none", -1), ("bf16", -1), ("bf16", 3)]
+    assert len({r.id for r in runs}) == 3
+    assert [r.id for r in runs] == [r.id for r in sweep.expand(spec, str(tmp_path / "other"))]  # stable
+    assert sweep.varying_axes(runs) == ["recipe", "mesh.data"]
+    assert sweep.readable_name({"model.attention": "", "recipe": "fp4(e2m1, 1x32)"}) == \
+        "attention-empty_recipe-fp4-e2m1-1x32"
+    assert len(sweep.readable_name({f"a{i}": "v" * 50 for i in range(9)})) <= sweep.MAX_NAME
+
+
+def test_overrides_are_validated(spec):
+    base = sweep.load_sweep(spec)[0].get_config()
+    with pytest.raises(KeyError, match=r"train has no key 'stepz'; known: .*checkpoint_every.*steps"):
         sweep.apply_overrides(base, {"train.stepz": 3})
-    with pytest.raises(KeyError, match="has no key 'nope'"):
+    with pytest.raises(KeyError, match="the config has no key 'nope'"):
         sweep.apply_overrides(base, {"nope": 1})
+    with pytest.raises(KeyError, match="'recipe.x'"):
+        sweep.apply_overrides(base, {"recipe.x": 1})  # recipe is a string, not a node
+    with pytest.raises(TypeError, match="'train.steps'='many'"):
+        sweep.apply_overrides(base, {"train.steps": "many"})
+    cfg = sweep.apply_overrides(base, {"optim.lr": 1, "train.steps": 9})
+    assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float) and cfg.train.steps == 9
+    assert base.train.steps == 4  # the base is untouched
 
 
-def test_dry_run_prints_commands(spec, tmp_path, capsys):
-    assert sweep.main([spec, "--root", str(tmp_path / "r"), "--dry-run"]) == 0
+@pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")  # ml_collections loading the file
+@pytest.mark.parametrize("arg", ["", ":types"])
+def test_commands_give_the_trainer_the_runs_config(spec, tmp_path, arg):
+    """Each run's --config.* flags, parsed as experiments/train.py parses them, give the run's config."""
+    runs = sweep.expand(spec + arg, str(tmp_path))
+    assert len(runs) == (3 if not arg else 4)
+    for run in runs:
+        assert run.command[1:3] == ["-m", "experiments.train"]
+        argv = ["train"] + run.command[3:]
+        values = flags.FlagValues()
+        config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True, sys_argv=argv)
+        flags.DEFINE_string("workdir", None, "", flag_values=values)
+        values(argv)
+        assert values.workdir == run.path
+        assert values.config.to_dict() == run.config.to_dict()
+        assert sweep.config_hash(values.config) == run.id[-8:]
+
+
+def test_select_splits_runs_between_workers(spec, tmp_path):
+    runs = sweep.expand(spec + ":bad", str(tmp_path))
+    parts = [sweep.select(runs, None, None, i, 3) for i in range(3)]
+    assert [[r.id for r in p] for p in parts] == [[runs[0].id, runs[3].id], [runs[1].id], [runs[2].id]]
+    assert [r.id for r in sweep.select(runs, "data-[56]", None, 0, 1)] == [runs[1].id, runs[2].id]
+    assert [r.id for r in sweep.select(runs, None, 2, 0, 1)] == [runs[0].id, runs[1].id]
+    with pytest.raises(ValueError, match="--only"):
+        sweep.select(runs, "data-[", None, 0, 1)
+    with pytest.raises(ValueError, match="--worker"):
+        sweep.select(runs, None, None, 3, 3)
+
+
+def test_dry_run_prints_commands_and_runs_nothing(spec, tmp_path, capsys):
+    root = str(tmp_path / "r")
+    assert sweep.main([spec, "--root", root, "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "3 of 3 runs" in out and out.count("-m experiments.train") == 3 and "--config.recipe=fp8" in out
-    assert not (tmp_path / "r").exists()
-
-
-def _sweep(spec, root, *extra, wait=True):
-    cmd = [sys.executable, "-m", "launch.sweep", spec, "--root", root, "--refresh", "1", *extra]
-    p = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if not wait:
-        return p
-    out, _ = p.communicate(timeout=600)
-    return p.returncode, out
-
-
-def _starts(run_path):
-    log = os.path.join(run_path, "runner.log")
-    return open(log).read().count("started") if os.path.exists(log) else 0
-
-
-def test_sweep_end_to_end_failure_rerun(spec, tmp_path):
-    root = str(tmp_path / "sweep")
-    rc, out = _sweep(spec, root, "--parallel", "2")
     runs = sweep.expand(spec, root)
-    assert rc == 1, out
-    status = {r.id: RunDir(r.path).status() for r in runs}
-    assert [status[r.id][0] for r in runs] == ["done", "done", "failed"], out
-    assert "no_such_recipe" in status[runs[2].id][1]  # the trainer's error is the reason
-    assert "[sweep] done" in out and "FAILED" in out
+    assert "3 of 3 runs" in out and out.count("-m experiments.train") == 3
+    for run in runs:
+        assert f"{run.id}\n    {shlex.join(run.command)}\n" in out
+    assert not os.path.exists(root)
+    assert sweep.main([spec, "--root", root, "--dry-run", "--only", "bf16"]) == 0
+    out = capsys.readouterr().out
+    assert "2 of 3 runs" in out and runs[1].id in out and runs[2].id in out and runs[0].id not in out
+
+
+def test_manifest_records_config_runs_versions(spec, tmp_path):
+    root = str(tmp_path / "m")
+    runs = sweep.expand(spec, root)
+    sweep.write_manifest(root, spec, runs[:2])
+    first = sweep.read_manifest(root)
+    assert [r["id"] for r in first["runs"]] == [r.id for r in runs[:2]]
+    sweep.write_manifest(root, spec, runs)  # the sweep grew
     manifest = sweep.read_manifest(root)
-    assert [m["id"] for m in manifest["runs"]] == [r.id for r in runs] and manifest["axes"] == ["recipe"]
-    done_metrics = open(os.path.join(runs[0].path, "metrics.jsonl")).read()
-    assert read_metrics(os.path.join(runs[0].path, "metrics.jsonl"))[-1]["step"] == 4
-
-    rc, out = _sweep(spec, root, "--parallel", "2")  # done runs skipped, the failed one retried
-    assert rc == 1 and "2 already done" in out
-    assert [_starts(r.path) for r in runs] == [1, 1, 2]
-    assert open(os.path.join(runs[0].path, "metrics.jsonl")).read() == done_metrics
-    rc, out = _sweep(spec, root, "--no-retry-failed")
-    assert rc == 1 and "failed" in out and [_starts(r.path) for r in runs] == [1, 1, 2]  # left alone, still reported
-
-
-def test_two_runners_share_a_sweep(spec, tmp_path):
-    root = str(tmp_path / "shared")
-    a = _sweep(spec + ":ok", root, "--parallel", "1", wait=False)
-    b = _sweep(spec + ":ok", root, "--parallel", "1", wait=False)
-    outs = [p.communicate(timeout=600)[0] for p in (a, b)]
-    runs = sweep.expand(spec + ":ok", root)
-    assert [RunDir(r.path).status()[0] for r in runs] == ["done", "done"], outs
-    assert [_starts(r.path) for r in runs] == [1, 1], outs
-    assert not any(os.path.exists(os.path.join(r.path, runner.CLAIM)) for r in runs)
-
-
-def test_stale_claim_is_taken_over_and_live_claim_is_not(tmp_path):
-    path = str(tmp_path / "run")
-    os.makedirs(path)
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    with open(os.path.join(path, runner.CLAIM), "w") as f:
-        json.dump({"host": runner.socket.gethostname(), "pid": dead.pid, "time": 0}, f)
-    assert runner.claim(path)  # stale: its process is gone
-    assert not runner.claim(path)  # now ours, live
-    runner.release(path)
-    assert runner.claim(path)
-
-
-def test_slots_from_devices():
-    assert runner.slots(None, "0,1,2,3") == ["0", "1", "2", "3"]
-    assert runner.slots(4, "0,1") == ["0", "1", "0", "1"]
-    assert runner.slots(2, "") == [None, None] or runner.local_gpus()
-    with pytest.raises(ValueError, match="--parallel"):
-        runner.slots(0, "0")
-
-
-def test_slurm_array_task_runs_its_run(spec, tmp_path):
-    root = str(tmp_path / "slurm")
-    script = slurm.array_script(spec + ":ok", root, 2, partition="gpu", account="acct")
-    assert "#SBATCH --array=0-1" in script and "#SBATCH --partition=gpu" in script
-    line = [l for l in script.splitlines() if "launch.sweep" in l][0]
-    assert "--worker $SLURM_ARRAY_TASK_ID --num-workers 2 --parallel 1" in line
-    cmd = line.replace("python -m", f"{sys.executable} -m").replace("$SLURM_ARRAY_TASK_ID", "1")
-    subprocess.run(cmd, shell=True, cwd=ROOT, env=env(), check=True, capture_output=True, timeout=600)
-    runs = sweep.expand(spec + ":ok", root)
-    assert [RunDir(r.path).status()[0] for r in runs] == [None, "done"]  # task 1 ran run 1 only
-    multi = slurm.multinode_script(spec, root, runs, nodes=2)
-    assert "#SBATCH --nodes=2" in multi and multi.count("srun --nodes=2") == 2 and runs[0].id in multi
-
-
-def test_tpu_commands(spec, tmp_path):
-    runs = sweep.expand(spec, str(tmp_path / "t"))
-    lines = tpu.commands(spec, "gs-mount/runs", [r.id for r in runs], name="pod", zone="us-central2-b",
-                         repo_url="https://example.org/lowprec.git", create=True, accelerator="v4-32")
-    assert lines[0].startswith("gcloud compute tpus tpu-vm create pod") and "--accelerator-type=v4-32" in lines[0]
-    assert all("--worker=all" in l for l in lines[1:]) and "pip install -e ." in lines[1]
-    assert len(lines) == 2 + len(runs) and runs[2].id in lines[-1] and "launch.sweep" in lines[-1]
+    assert manifest["config"] == spec and manifest["created"] == first["created"]
+    assert manifest["axes"] == ["recipe", "mesh.data"]
+    assert manifest["runs"] == [{"id": r.id, "overrides": r.overrides, "command": r.command} for r in runs]
+    assert manifest["versions"]["jax"] == jax.__version__
+    assert manifest["versions"]["lowprec"] == importlib.metadata.version("lowprec")
+    assert manifest["git"] is None or len(manifest["git"]) == 40

@@ -1,0 +1,147 @@
+"""The local runner: a sweep end to end with a failing run, re-runs, runners sharing a sweep, claims."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from launch import runner, sweep
+from lowprec.train.rundir import RunDir, read_metrics
+
+
+def test_sweep_end_to_end_failure_then_rerun(spec, tmp_path, launch, starts, in_repo, capsys):
+    root = str(tmp_path / "sweep")
+    runs = sweep.expand(spec, root)
+    rc, out = launch(spec, root, "--parallel", "2")
+    assert rc == 1, out
+    assert [RunDir(r.path).status()[0] for r in runs] == ["done", "done", "failed"], out
+    assert "has 3 devices; there are 1" in RunDir(runs[2].path).status()[1]  # the trainer's own reason
+    assert "done 2 | running 0 | failed 1 | queued 0" in out and f"FAILED {runs[2].id}" in out
+    assert [starts(r.path) for r in runs] == [1, 1, 1]
+    assert not any(os.path.exists(os.path.join(r.path, runner.CLAIM)) for r in runs)
+    for r in runs[:2]:
+        assert read_metrics(os.path.join(r.path, "metrics.jsonl"))[-1]["step"] == 4
+        assert "step 4" in open(os.path.join(r.path, "stdout.txt")).read()  # the trainer's output lands there
+    manifest = sweep.read_manifest(root)
+    assert [m["id"] for m in manifest["runs"]] == [r.id for r in runs]
+    assert manifest["axes"] == ["recipe", "mesh.data"] and manifest["config"] == spec
+    metrics = os.path.join(runs[0].path, "metrics.jsonl")
+    before = (open(metrics).read(), os.stat(metrics).st_mtime_ns)
+
+    # Again (in this process): the done runs are skipped, the failed one is retried and fails again.
+    assert sweep.main([spec, "--root", root, "--parallel", "2", "--refresh", "1"]) == 1
+    out = capsys.readouterr().out
+    assert "3 runs: 2 already done, 1 to run" in out and f"FAILED {runs[2].id}" in out
+    assert [starts(r.path) for r in runs] == [1, 1, 2]
+    assert (open(metrics).read(), os.stat(metrics).st_mtime_ns) == before
+    assert RunDir(runs[2].path).status()[0] == "failed"
+
+    # Without retries the failed run is left alone but still reported.
+    assert sweep.main([spec, "--root", root, "--no-retry-failed"]) == 1
+    out = capsys.readouterr().out
+    assert "3 already done or failed, 0 to run" in out
+    assert [starts(r.path) for r in runs] == [1, 1, 2]
+    table = out[out.index("\nrun ") + 1:].splitlines()
+    assert [line.split()[-1] for line in table[1:]] == ["done", "done", "failed"]
+
+
+def test_two_runners_never_run_a_run_twice(spec, tmp_path, launch, starts):
+    """Both runners go through the same four (quickly failing) runs; claims split them, and a run
+    the other runner failed meanwhile is not retried in the same pass."""
+    root = str(tmp_path / "shared")
+    procs = [launch(spec + ":bad", root, "--parallel", "1", wait=False) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    runs = sweep.expand(spec + ":bad", root)
+    assert [starts(r.path) for r in runs] == [1, 1, 1, 1], outs
+    for r, n in zip(runs, [3, 5, 6, 7], strict=True):
+        status, reason = RunDir(r.path).status()
+        assert status == "failed" and f"has {n} devices; there are 1" in reason, outs
+        assert not os.path.exists(os.path.join(r.path, runner.CLAIM))
+    assert all(p.returncode == 1 for p in procs), outs
+
+
+def _script_run(tmp_path, name, code):
+    path = str(tmp_path / name)
+    return sweep.Run(name, {}, None, [sys.executable, "-c", code, path], path)
+
+
+def test_a_run_that_dies_without_status_is_marked_failed(tmp_path, in_repo, capsys):
+    dies = _script_run(tmp_path, "dies", "import os; print('partial output', flush=True); os._exit(3)")
+    ok = _script_run(tmp_path, "ok", "import os, sys; open(os.path.join(sys.argv[1], 'STATUS'), 'w').write('done\\n')")
+    os.makedirs(dies.path)
+    RunDir(dies.path).set_status("failed", "an earlier attempt's reason")
+    assert runner.Runner([dies, ok], [None, None], refresh=0.5).run() == 1
+    status, reason = RunDir(dies.path).status()
+    assert status == "failed" and reason.startswith("exit code 3") and "partial output" in reason
+    assert "earlier attempt" not in reason
+    assert RunDir(ok.path).status()[0] == "done"  # a failure does not stop the others
+    out = capsys.readouterr().out
+    assert "dies  failed" in out and "ok    done" in out
+
+
+def test_a_run_another_runner_failed_meanwhile_is_not_retried(tmp_path, in_repo, starts):
+    """Retrying a failed run means one retry per pass, not one per runner sharing the sweep."""
+    other = _script_run(tmp_path, "other", "")
+    os.makedirs(other.path)
+    RunDir(other.path).set_status("failed", "before this pass")
+    # The first run, while it runs, stands for a second runner that retries `other` and fails.
+    code = ("from lowprec.train.rundir import RunDir; "
+            f"RunDir({other.path!r}).set_status('failed', 'in this pass')")
+    first = _script_run(tmp_path, "first", code)
+    assert runner.Runner([first, other], [None], refresh=0.5).run() == 1
+    assert starts(first.path) == 1 and starts(other.path) == 0
+    assert RunDir(other.path).status() == ("failed", "in this pass")
+    assert runner.Runner([other], [None], refresh=0.5).run() == 1  # the next pass retries it
+    assert starts(other.path) == 1
+
+
+def test_claims_are_atomic_and_stale_ones_taken_over(tmp_path):
+    path = str(tmp_path / "run")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    os.makedirs(path)
+    with open(os.path.join(path, runner.CLAIM), "w") as f:
+        json.dump({"host": socket.gethostname(), "pid": dead.pid, "time": 0}, f)
+    assert runner.claim(path)  # stale: its process is gone
+    assert runner.read_claim(path)["pid"] == os.getpid()
+    assert not runner.claim(path)  # now held by a live process (this one)
+    runner.release(path)
+    assert runner.claim(path)
+    runner.release(path)
+    with open(os.path.join(path, runner.CLAIM), "w") as f:  # its runner is gone, its training is not
+        json.dump({"host": socket.gethostname(), "pid": dead.pid, "child": os.getpid(), "time": 0}, f)
+    assert not runner.claim(path)
+    runner.note_child(path, dead.pid)
+    assert runner.read_claim(path)["child"] == dead.pid and runner.read_claim(path)["pid"] == dead.pid
+    assert runner.claim(path)  # both gone
+    runner.release(path)
+    with open(os.path.join(path, runner.CLAIM), "w") as f:  # another host's: never taken over
+        json.dump({"host": socket.gethostname() + "-elsewhere", "pid": dead.pid, "time": 0}, f)
+    assert not runner.claim(path)
+
+
+def test_slots(monkeypatch):
+    assert runner.slots(None, "0,1,2,3") == ["0", "1", "2", "3"]
+    assert runner.slots(4, "0,1") == ["0", "1", "0", "1"]
+    assert runner.slots(None, "0,1,2,3", gpus_per_run=2) == ["0,1", "2,3"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")  # a scheduler's allocation
+    assert runner.slots(None, None) == ["2", "5"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert runner.slots(2, None) == [None, None]
+    assert runner.slots(None, None) == [None]
+    with pytest.raises(ValueError, match="--parallel"):
+        runner.slots(0, "0")
+    with pytest.raises(ValueError, match="--gpus-per-run 2 does not divide"):
+        runner.slots(None, "0,1,2", gpus_per_run=2)
+
+
+def test_last_train_record(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    records = [{"step": 2, "split": "train", "loss": 3.5}, {"step": 2, "split": "val", "loss": 3.9},
+               {"step": 4, "split": "train", "loss": 3.25}, {"step": 4, "split": "val", "loss": 3.6}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"step": 6, "spl')  # a line being written
+    assert runner.last_train_record(str(tmp_path)) == records[2]
+    assert runner.last_train_record(str(tmp_path / "missing")) is None
