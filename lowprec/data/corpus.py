@@ -53,6 +53,7 @@ class Corpus:
     tokens: np.ndarray
     documents: tuple[Document, ...]
     vocab_size: int
+    bytes_per_token: float = 1.0  # text bytes per token (1 for bytes; ~3 for a 4096-token BPE)
 
     def sources(self) -> list[str]:
         return sorted({d.source for d in self.documents})

@@ -95,4 +95,4 @@ def read_corpus(directory: str | os.PathLike) -> Corpus:
     for row in rows[1:]:
         source, group, name, start, length = row.split("\t")
         docs.append(Document(source, group, name, int(start), int(length)))
-    return Corpus(tokens, tuple(docs), int(meta["vocab_size"]))
+    return Corpus(tokens, tuple(docs), int(meta["vocab_size"]), float(meta.get("bytes_per_token", 1.0)))

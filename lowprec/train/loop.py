@@ -157,7 +157,7 @@ def _train(cfg, run: RunDir, stop: dict, stop_at: int | None) -> dict:
             telemetry_fn = telemetry_fn or make_telemetry_fn(mcfg, recipe_rules(cfg), cfg.seed)
             metrics.write(done, "telemetry", flatten(*jax.device_get(telemetry_fn(state.params, tokens))))
         if done % cfg.train.eval_every == 0 or done == cfg.train.steps:
-            ev = evaluate(eval_step, state.params, evals, mesh)
+            ev = evaluate(eval_step, state.params, evals, mesh, corpus.bytes_per_token)
             metrics.write(done, "val", ev)
             last.update({f"val_{k}": v for k, v in ev.items()})
         if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps or stop["signal"]:
@@ -172,11 +172,12 @@ def _train(cfg, run: RunDir, stop: dict, stop_at: int | None) -> dict:
     return last
 
 
-def evaluate(eval_step, params, evals, mesh) -> dict:
+def evaluate(eval_step, params, evals, mesh, bytes_per_token: float = 1.0) -> dict:
     total, count = 0.0, 0.0
     for i in range(len(evals)):
         tokens, valid = evals.global_batch(i, mesh)
         s, n = eval_step(params, tokens, jnp.asarray(valid))
         total, count = total + float(s), count + float(n)
     loss = total / max(count, 1.0)
-    return {"loss": loss, "perplexity": float(np.exp(min(loss, 50.0))), "bits_per_byte": loss / math.log(2)}
+    return {"loss": loss, "perplexity": float(np.exp(min(loss, 50.0))),
+            "bits_per_byte": loss / math.log(2) / bytes_per_token}
