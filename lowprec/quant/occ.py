@@ -104,6 +104,7 @@ def bounds(x, occ: OCC) -> tuple[jax.Array, jax.Array]:
     ``x.shape[:-1] + (1,)`` per token; dtype of ``x``."""
     if x.ndim == 0:
         raise ValueError("OCC needs an array of rank >= 1; got a scalar")
+    x = _replicated_if_explicit(x)
     if occ.per == "tensor":
         groups, out_shape = x.reshape(1, -1), (1,) * x.ndim
     else:
@@ -113,6 +114,19 @@ def bounds(x, occ: OCC) -> tuple[jax.Array, jax.Array]:
     k = tail_count(occ.alpha, n, groups.shape[-1])
     s = jnp.sort(v, axis=-1)
     return s[:, k].reshape(out_shape), s[:, n - 1 - k].reshape(out_shape)
+
+
+def _replicated_if_explicit(x):
+    """``x`` gathered onto every device when it is sharded over an explicit mesh axis: the
+    order statistics of a tensor (or of rows split across devices) need all of it, and the
+    flattening reshape has no sharding to give its result there."""
+    sharding = getattr(jax.typeof(x), "sharding", None)
+    mesh = getattr(sharding, "mesh", None)
+    if mesh is None or not any(t == jax.sharding.AxisType.Explicit for t in getattr(mesh, "axis_types", ())):
+        return x
+    if all(s is None for s in sharding.spec):
+        return x
+    return jax.sharding.reshard(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
 
 def tail_count(alpha: float, n: int, group_size: int) -> int:

@@ -17,7 +17,8 @@ def _mesh_sharding(mesh, logical):
 
 
 @pytest.mark.parametrize("recipe,axis_type", [("none", AxisType.Auto), ("fp8", AxisType.Auto),
-                                              ("fp4_paper", AxisType.Auto), ("fp8", AxisType.Explicit)])
+                                              ("fp4_paper", AxisType.Auto), ("fp8", AxisType.Explicit),
+                                              ("fp4_paper", AxisType.Explicit)])
 def test_sharded_output_equals_single_device_output(recipe, axis_type):
     assert jax.device_count() == 8, "tests/conftest.py sets 8 CPU devices"
     mesh = jax.make_mesh((2, 4), ("data", "tensor"), axis_types=(axis_type, axis_type))
