@@ -49,7 +49,7 @@ def gemm(a: Operand, b: Operand, dn: dims.DimensionNumbers, *, role: str, comput
         acc = _fp8_dot(a.values, b.values, dn, result_dtype)
     else:
         dtype = _simulation_dtype(compute_dtype, result_dtype)
-        acc = lax.dot_general(a.values.astype(dtype), b.values.astype(dtype), dn, precision=precision,
+        acc = lax.dot_general(native.widen(a.values, dtype), native.widen(b.values, dtype), dn, precision=precision,
                               preferred_element_type=result_dtype)
     return _scale_result(acc, a, b, dn, exact)
 

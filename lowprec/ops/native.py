@@ -59,6 +59,35 @@ def cast_dtype_for(fmt: Format) -> str | None:
     return name if np.array_equal(np.unique(codes[np.isfinite(codes)]) + 0.0, _values(fmt)) else None
 
 
+def widen(values, dtype):
+    """``values`` in ``dtype``. FP8 values are decoded from their bits by integer arithmetic:
+    XLA:GPU drops a chain of float converts (f32 -> f8 -> f32 becomes nothing, "excess
+    precision"), which would silently undo a quantizing cast; a bit pattern cannot be dropped."""
+    name = jnp.dtype(values.dtype).name
+    if name not in FP8_DTYPES:
+        return values.astype(dtype)
+    exp_bits, man_bits, bias, ieee = _FP8_LAYOUT[name]
+    u = jax.lax.bitcast_convert_type(values, jnp.uint8).astype(jnp.int32)
+    e, frac = (u >> man_bits) & ((1 << exp_bits) - 1), u & ((1 << man_bits) - 1)
+    unit = frac.astype(jnp.float32) * (0.5 ** man_bits)  # exact
+    normal = e > 0
+    mag = jnp.where(normal, 1.0 + unit, unit) * _pow2(jnp.where(normal, e, 1) - bias)
+    top = e == (1 << exp_bits) - 1
+    if ieee:  # all-ones exponent: inf (zero fraction) or NaN
+        mag = jnp.where(top, jnp.where(frac == 0, jnp.inf, jnp.nan), mag)
+    else:  # "fn": only all-ones exponent and fraction is NaN; no inf
+        mag = jnp.where(top & (frac == (1 << man_bits) - 1), jnp.nan, mag)
+    return jnp.where((u >> 7) == 1, -mag, mag).astype(dtype)
+
+
+_FP8_LAYOUT = {"float8_e4m3fn": (4, 3, 7, False), "float8_e5m2": (5, 2, 15, True)}
+
+
+def _pow2(k):
+    """2.0 ** k for int32 ``k`` in the normal range, exactly (from the exponent bits)."""
+    return jax.lax.bitcast_convert_type(((k + 127) << 23).astype(jnp.int32), jnp.float32)
+
+
 def exact_in(fmt: Format, dtype) -> bool:
     """Whether every value of ``fmt`` is exactly representable in ``dtype``."""
     return _exact_in(fmt, jnp.dtype(dtype).name)

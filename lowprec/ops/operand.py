@@ -32,7 +32,7 @@ class Operand:
     pow2: bool = dataclasses.field(default=False, metadata=dict(static=True))
 
     def dequantize(self) -> jax.Array:
-        v = self.values.astype(jnp.float32)
+        v = native.widen(self.values, jnp.float32)
         return v if self.scale is None else v * self.scale
 
 

@@ -130,3 +130,38 @@ def test_operand_cast_equals_format_rounding_on_every_bf16_pattern(fmt, scale):
     np.testing.assert_array_equal(got.view(np.uint32)[~np.isnan(got)], np.asarray(ref).view(np.uint32)[~np.isnan(got)])
     np.testing.assert_array_equal(np.isnan(got), np.isnan(np.asarray(ref)))
     np.testing.assert_array_equal(np.asarray(op.dequantize()), np.asarray(q(x).astype(jnp.float32)))
+
+
+def _fp8_converts(jaxpr) -> list[str]:
+    """convert_element_type equations whose operand is an FP8 array, in ``jaxpr`` and its sub-jaxprs."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "convert_element_type" and eqn.invars[0].aval.dtype.name in native.FP8_DTYPES:
+            found.append(f"{eqn.invars[0].aval.dtype} -> {eqn.params['new_dtype']}")
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (list, tuple)) else [param]:
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    found += _fp8_converts(inner)
+    return found
+
+
+@pytest.mark.parametrize("recipe", ["fp8", "w4a4", "fp4_paper", "w8a4", "mxfp8"])
+def test_fp8_values_are_never_widened_by_a_convert(recipe):
+    """XLA:GPU removes float convert chains (f32 -> f8 -> f32 becomes f32: excess precision), so
+    a quantizing cast would be undone wherever FP8 values are widened by a convert; they must be
+    decoded from their bits (native.widen) or go straight into an FP8 GEMM."""
+    x = jax.random.normal(jax.random.key(0), (32, 64), jnp.bfloat16)
+    w = jax.random.normal(jax.random.key(1), (64, 16), jnp.bfloat16)
+
+    def loss(x, w):
+        return jnp.sum(dot_general(x, w, DN, recipe).astype(jnp.float32) ** 2)
+
+    jaxpr = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(x, w)
+    assert _fp8_converts(jaxpr.jaxpr) == []
+    # and the decoded values are the FP8 values, bit for bit (signed zeros, subnormals, inf, NaN)
+    for dtype in native.FP8_DTYPES.values():
+        v = jnp.asarray(np.arange(256, dtype=np.uint8)).view(dtype)
+        got, want = np.asarray(native.widen(v, jnp.float32)), np.asarray(v.astype(jnp.float32))
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_array_equal(got.view(np.uint32)[~np.isnan(got)], want.view(np.uint32)[~np.isnan(want)])
