@@ -1,1 +1,3 @@
-"""Entry points: the demo/main job, training, evaluation and benchmarks (`python -m experiments.<name>`)."""
+"""Entry points (`python -m experiments.<name>`): train, report (sweep reports), occ_table
+(the FP4 paper's Table 1 on a trained run), formats_table, and the benchmark_* / profile_gemm
+benchmarks."""
