@@ -9,6 +9,13 @@ The argument after ':' is "<size>[,<recipe>]" (sizes: tiny, 20m, 125m, 350m, 1b;
 any name in lp.recipes), "cpu[,<recipe>]" (the tiny model on the default corpus: about a
 minute on a laptop CPU) or "smoke" (the tiny model on synthetic data: seconds).
 Every field below can be overridden with --config.<path>=<value>; unknown keys are errors.
+
+Fine-tuning a trained run (``finetune.*``; defaults train from scratch as before), e.g. on one
+sub-source of the default corpus held out from pretraining (``data.exclude=shakespeare`` there):
+
+    python -m experiments.finetune --config configs/lm.py:20m --workdir runs/ft-qlora \
+        --config.finetune.init_from=runs/20m-noshakespeare --config.finetune.mode=qlora \
+        --config.data.include=shakespeare --config.train.steps=500
 """
 
 from __future__ import annotations
@@ -36,7 +43,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.recipe_rules = (("lm_head", "bf16"),)
     c.data = ml_collections.ConfigDict(dict(
         source="synthetic" if smoke else "default", seq_len=64 if smoke else 128 if cpu else 512,
-        batch_size=8 if smoke else 16 if cpu else 64, path=""))
+        batch_size=8 if smoke else 16 if cpu else 64, path="",
+        include="", exclude=""))  # sub-sources of the default corpus, comma-separated ("" = all)
+    # Fine-tuning: init_from a run directory (its latest checkpoint; optimizer fresh); mode full |
+    # lora | qlora (adapters on layers matching lora_targets over a base stored in base_format) |
+    # qat (every weight trains, the targeted ones through base_format's quantizer with
+    # qat_estimator ste | dge); eval_quantized: a format the targeted weights are rounded to for a
+    # last validation (adapters merged first), recorded as split "val_quantized".
+    c.finetune = ml_collections.ConfigDict(dict(
+        init_from="", mode="full", lora_rank=8, lora_alpha=16.0, lora_targets="attn|mlp", lora_dropout=0.0,
+        base_format="nf4", qat_estimator="ste", eval_quantized=""))
     c.optim = ml_collections.ConfigDict(dict(
         lr=3e-3 if small else 1e-3, warmup_steps=10 if smoke else 50 if cpu else 200, min_lr_ratio=0.1,
         b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0, grad_accum=1))

@@ -2,11 +2,20 @@
 
     layer = lp.nn.QuantDense(512, 2048, recipe="fp8", rngs=nnx.Rngs(0))
     lp.nn.assign_recipes(model, [("lm_head|embed", "bf16"), (".*", "fp4_paper")])
+    lp.nn.apply_lora(model, "attn|mlp", rank=8, alpha=16, base="nf4", rngs=nnx.Rngs(0))   # QLoRA
 """
 
 from lowprec.nn.base import GradTelemetry, QuantModule
 from lowprec.nn.dense import QuantDense
 from lowprec.nn.einsum import QuantEinsum
+from lowprec.nn.lora import (
+    LoRADense, LoRAParam, QuantizedDense, QuantizedWeight, apply_lora, count_params, merge_lora, set_deterministic,
+    weight_quantizer,
+)
 from lowprec.nn.rules import assign_recipes
 
-__all__ = ["GradTelemetry", "QuantDense", "QuantEinsum", "QuantModule", "assign_recipes"]
+__all__ = [
+    "GradTelemetry", "LoRADense", "LoRAParam", "QuantDense", "QuantEinsum", "QuantModule", "QuantizedDense",
+    "QuantizedWeight", "apply_lora", "assign_recipes", "count_params", "merge_lora", "set_deterministic",
+    "weight_quantizer",
+]

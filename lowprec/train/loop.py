@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import signal
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -17,12 +19,12 @@ from lowprec import data as lpdata
 from lowprec.models import llama
 from lowprec.nn import assign_recipes
 from lowprec.optim import get_policy
-from lowprec.train import sharding
+from lowprec.train import finetune, sharding
 from lowprec.train.checkpoint import Checkpointer, abstract
 from lowprec.train.metrics import MetricsWriter
 from lowprec.train.progress import Progress, model_flops_per_token, peak_flops
 from lowprec.train.rundir import RunDir
-from lowprec.train.step import TrainState, make_eval_step, make_loss_fn, make_train_step
+from lowprec.train.step import FinetuneState, TrainState, make_eval_step, make_loss_fn, make_train_step
 from lowprec.train.telemetry import first_nonfinite, flatten, make_telemetry_fn, nonfinite_params
 
 log = logging.getLogger(__name__)
@@ -32,23 +34,35 @@ class NonFiniteLoss(RuntimeError):
     """The loss went inf/NaN; the message names the step (and the first non-finite layers)."""
 
 
-def build_model(cfg, mesh):
-    """The model with its recipes assigned, its Params sharded on ``mesh`` by logical names."""
+def make_model(cfg):
+    """(LlamaConfig, Policy, model) of ``cfg``, its recipes assigned, its parameters initialized from ``cfg.seed``."""
     policy = get_policy(cfg.policy)
     mcfg = llama.config_for(cfg.model.size, tie_embeddings=cfg.model.tie_embeddings, remat=cfg.model.remat,
                             dtype=policy.compute_dtype, param_dtype=policy.param_dtype,
                             vocab_size=cfg.model.vocab_size, attention=cfg.model.attention or None)
     model = llama.Llama(mcfg, nnx.Rngs(cfg.seed))
     assign_recipes(model, recipe_rules(cfg))
+    return mcfg, policy, model
+
+
+def build_model(cfg, mesh):
+    """The model with its recipes assigned, its Params sharded on ``mesh`` by logical names."""
+    mcfg, policy, model = make_model(cfg)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    specs = nnx.get_partition_spec(params)
-    shardings = jax.tree.map(lambda spec, p: sharding.named_sharding(spec, p.shape, mesh), specs, params)
-    params = jax.device_put(params, shardings)
+    params, shardings = shard(params, mesh)
     return mcfg, policy, graphdef, params, rest, shardings
 
 
-def recipe_rules(cfg) -> list[tuple[str, str]]:
-    return [tuple(r) for r in cfg.recipe_rules] + [(".*", cfg.recipe)]
+def shard(state, mesh):
+    """(``state`` placed on ``mesh`` by its variables' logical axis names, the shardings)."""
+    specs = nnx.get_partition_spec(state)
+    shardings = jax.tree.map(lambda spec, p: sharding.named_sharding(spec, p.shape, mesh), specs, state)
+    return jax.device_put(state, shardings), shardings
+
+
+def recipe_rules(cfg) -> list[tuple]:
+    """qat mode's rule for its targeted layers first, then the config's rules, then its recipe."""
+    return finetune.qat_rules(cfg) + [tuple(r) for r in cfg.recipe_rules] + [(".*", cfg.recipe)]
 
 
 def make_optimizer(cfg, policy):
@@ -87,28 +101,70 @@ def train(cfg, workdir: str, stop_at: int | None = None) -> dict:
     return result
 
 
+@dataclasses.dataclass
+class Setup:
+    """A run's model (split), initial state and optimizer, before any checkpoint is restored."""
+
+    mcfg: llama.LlamaConfig
+    policy: Any
+    graphdef: Any         # the training graph
+    eval_graphdef: Any    # the same with LoRA dropout off
+    rest: Any             # variables neither trained nor frozen (e.g. telemetry probes)
+    state: TrainState | FinetuneState
+    tx: optax.GradientTransformation
+    schedule: Any
+    full_params: Any      # shapes of the model's Params before adapters (for memory comparisons)
+
+
+def setup(cfg, mesh, pretrained: bool) -> Setup:
+    """Builds ``cfg``'s model on ``mesh`` (from ``finetune.init_from`` when ``pretrained``), adds
+    its adapters, splits trainable from frozen variables and initializes the optimizer."""
+    if pretrained:
+        finetune.check_init_from(cfg)
+    mcfg, policy, model = make_model(cfg)
+    if pretrained:
+        finetune.load_pretrained(cfg, model)
+    full_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.state(model, nnx.Param))
+    finetune.adapt(cfg, model)
+    graphdef, eval_graphdef, params, frozen, rest = finetune.split(cfg, model)
+    params, _ = shard(params, mesh)
+    tx, schedule = make_optimizer(cfg, policy)
+    opt_state = jax.jit(tx.init)(params)
+    if frozen is None:
+        state = TrainState(jnp.zeros((), jnp.int32), params, opt_state)
+    else:
+        state = FinetuneState(jnp.zeros((), jnp.int32), params, opt_state, shard(frozen, mesh)[0])
+    return Setup(mcfg, policy, graphdef, eval_graphdef, rest, sharding.onto_mesh(state, mesh), tx, schedule,
+                 full_params)
+
+
 def _train(cfg, run: RunDir, stop: dict, stop_at: int | None) -> dict:
+    finetune.check(cfg)
+    ft = finetune.settings(cfg)
     sizes = {k: v for k, v in cfg.mesh.items() if k != "devices"}
     devices = jax.devices() if cfg.mesh.devices == -1 else jax.devices()[:cfg.mesh.devices]
     mesh = sharding.make_mesh(sizes, devices)
-    mcfg, policy, graphdef, params, rest, param_shardings = build_model(cfg, mesh)
-    log.info("model %s: %.1fM parameters; policy %s; mesh %s", cfg.model.size, mcfg.num_params() / 1e6,
-             policy, dict(mesh.shape))
-    tx, schedule = make_optimizer(cfg, policy)
-    opt_state = jax.jit(tx.init)(params)
-    state = sharding.onto_mesh(TrainState(jnp.zeros((), jnp.int32), params, opt_state), mesh)
+    ckpt = Checkpointer(run.checkpoints, keep=cfg.train.keep_checkpoints)
+    resuming = ckpt.latest_step() is not None
+    # A resumed fine-tune restores its own checkpoint, never init_from again.
+    built = setup(cfg, mesh, pretrained=bool(ft.init_from) and not resuming)
+    mcfg, policy, graphdef, rest, state, tx, schedule = (built.mcfg, built.policy, built.graphdef, built.rest,
+                                                          built.state, built.tx, built.schedule)
+    log.info("model %s: %.1fM parameters (%d trainable); policy %s; mesh %s", cfg.model.size,
+             mcfg.num_params() / 1e6, sum(x.size for x in jax.tree.leaves(state.params)), policy, dict(mesh.shape))
+    memory = finetune.memory_summary(state, built.full_params, tx) if _is_finetune(ft) else None
 
-    corpus = lpdata.load(cfg.data.source, cfg.data.path or None)
+    corpus = lpdata.load(cfg.data.source, cfg.data.path or None, include=_data_field(cfg, "include"),
+                         exclude=_data_field(cfg, "exclude"))
     train_split, val_split = corpus.split()
     batches = lpdata.Batches(train_split, seq_len=cfg.data.seq_len, batch_size=cfg.data.batch_size,
                              seed=cfg.seed, mesh=mesh)
     evals = lpdata.EvalBatches(val_split, seq_len=cfg.data.seq_len, batch_size=cfg.data.batch_size,
                                max_batches=cfg.train.eval_batches, mesh=mesh)
 
-    ckpt = Checkpointer(run.checkpoints, keep=cfg.train.keep_checkpoints)
     metrics = MetricsWriter(run.metrics, run.tensorboard, enabled=run.writer)
     start = 0
-    if ckpt.latest_step() is not None:
+    if resuming:
         state, meta = ckpt.restore(ckpt.latest_step(), abstract(state))
         batches.restore(meta["data"])
         start = int(state.step)
@@ -120,7 +176,8 @@ def _train(cfg, run: RunDir, stop: dict, stop_at: int | None) -> dict:
     train_step = jax.jit(make_train_step(loss_fn, tx, cfg.optim.grad_accum, policy.loss_scale != "none"),
                          in_shardings=(state_sh, lpdata.batch_sharding(mesh)), out_shardings=(state_sh, None),
                          donate_argnums=0)
-    eval_step = jax.jit(make_eval_step(loss_fn))
+    eval_step = jax.jit(make_eval_step(make_loss_fn(built.eval_graphdef, rest, jax.random.key(cfg.seed + 2))))
+    frozen_of = lambda st: getattr(st, "frozen", None)  # noqa: E731
 
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
     flops = model_flops_per_token(mcfg, cfg.data.seq_len) * tokens_per_step
@@ -128,15 +185,26 @@ def _train(cfg, run: RunDir, stop: dict, stop_at: int | None) -> dict:
     progress = Progress(cfg.train.steps, start, enabled=cfg.train.progress)
     last = {"step": start}
     t_last, step = time.perf_counter(), start
+    compiled = None
     for step in range(start, cfg.train.steps):
         tokens = next(batches)
-        state, m = train_step(state, tokens)
+        if compiled is None:  # compiled ahead of time once: its memory analysis comes with it
+            compiled = train_step.lower(state, tokens).compile()
+            if memory is not None:
+                memory.update(finetune.compiled_memory(compiled))
+                log.info("memory: %s", ", ".join(f"{k}={v}" for k, v in memory.items()))
+                if start == 0:
+                    metrics.write(0, "memory", memory)
+        state, m = compiled(state, tokens)
         done = step + 1
         if stop_at is not None and done >= stop_at:
             stop["signal"] = "stop_at"
         if done % cfg.train.log_every == 0 or done == cfg.train.steps:
             m = jax.device_get(m)
             if not math.isfinite(float(m["loss"])) and policy.loss_scale == "none":
+                if isinstance(state, FinetuneState):
+                    raise NonFiniteLoss(f"loss is {float(m['loss'])} at step {done} (checked every "
+                                        f"{cfg.train.log_every} steps; adapter runs have no layer telemetry)")
                 telemetry_fn = telemetry_fn or make_telemetry_fn(mcfg, recipe_rules(cfg), cfg.seed)
                 inter, _ = telemetry_fn(state.params, tokens)
                 bad = nonfinite_params(state.params)
@@ -157,7 +225,7 @@ def _train(cfg, run: RunDir, stop: dict, stop_at: int | None) -> dict:
             telemetry_fn = telemetry_fn or make_telemetry_fn(mcfg, recipe_rules(cfg), cfg.seed)
             metrics.write(done, "telemetry", flatten(*jax.device_get(telemetry_fn(state.params, tokens))))
         if done % cfg.train.eval_every == 0 or done == cfg.train.steps:
-            ev = evaluate(eval_step, state.params, evals, mesh, corpus.bytes_per_token)
+            ev = evaluate(eval_step, state.params, evals, mesh, corpus.bytes_per_token, frozen_of(state))
             metrics.write(done, "val", ev)
             last.update({f"val_{k}": v for k, v in ev.items()})
         if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps or stop["signal"]:
@@ -166,17 +234,35 @@ def _train(cfg, run: RunDir, stop: dict, stop_at: int | None) -> dict:
             log.warning("%s: saved step %d and stopping", stop["signal"], done)
             break
     last["step"] = int(jax.device_get(state.step))
+    if ft.eval_quantized and start < cfg.train.steps == last["step"]:
+        g, p, r = finetune.quantized_model(cfg, built.eval_graphdef, state.params, frozen_of(state), rest)
+        ev = evaluate(jax.jit(make_eval_step(make_loss_fn(g, r, jax.random.key(cfg.seed + 2)))), p, evals, mesh,
+                      corpus.bytes_per_token)
+        metrics.write(last["step"], "val_quantized", ev)
+        log.info("validation loss with weights in %s: %.4f", ft.eval_quantized, ev["loss"])
+        last.update({f"val_quantized_{k}": v for k, v in ev.items()})
+    if memory is not None:
+        last["memory"] = memory
     ckpt.close()
     metrics.close()
     progress.close()
     return last
 
 
-def evaluate(eval_step, params, evals, mesh, bytes_per_token: float = 1.0) -> dict:
+def _is_finetune(ft) -> bool:
+    return bool(ft.init_from) or ft.mode != "full"
+
+
+def _data_field(cfg, name: str) -> str | None:
+    """``data.include`` / ``data.exclude`` ("" or absent in older configs: no restriction)."""
+    return cfg.data.get(name) or None
+
+
+def evaluate(eval_step, params, evals, mesh, bytes_per_token: float = 1.0, frozen=None) -> dict:
     total, count = 0.0, 0.0
     for i in range(len(evals)):
         tokens, valid = evals.global_batch(i, mesh)
-        s, n = eval_step(params, tokens, jnp.asarray(valid))
+        s, n = eval_step(params, tokens, jnp.asarray(valid), frozen)
         total, count = total + float(s), count + float(n)
     loss = total / max(count, 1.0)
     return {"loss": loss, "perplexity": float(np.exp(min(loss, 50.0))),

@@ -21,10 +21,23 @@ class TrainState(NamedTuple):
     opt_state: Any       # the optimizer's state (master weights, moments, loss scale)
 
 
+class FinetuneState(NamedTuple):
+    """A TrainState plus the frozen part of the model (LoRA's base kernels, QLoRA's codes and
+    scales): checkpointed with the run, so a resumed fine-tune needs nothing but its own run."""
+
+    step: jax.Array
+    params: Any          # nnx.State of the trainable variables (the adapters)
+    opt_state: Any       # the optimizer's state over ``params`` only
+    frozen: Any          # nnx.State of the frozen variables
+
+
 def make_loss_fn(graphdef, rest, key):
-    """loss(params, tokens_BxT, step) -> per-sequence mean next-token cross entropy (nats), (B,)."""
-    def loss_fn(params, tokens_BxT, step):
-        model = nnx.merge(graphdef, params, rest)
+    """loss(params, tokens_BxT, step, frozen=None) -> per-sequence mean next-token cross entropy
+    (nats), (B,); ``frozen``: the model's frozen variables, when it has any (never differentiated)."""
+    def loss_fn(params, tokens_BxT, step, frozen=None):
+        # Rebuilt as new Variables at this trace level: nnx.scan refuses variables of an outer one.
+        frozen = () if frozen is None else (jax.tree.map(lambda x: x, frozen),)
+        model = nnx.merge(graphdef, params, *frozen, rest)
         logits_BxLxV = model(tokens_BxT[:, :-1], key=jax.random.fold_in(key, step))
         return cross_entropy(logits_BxLxV, tokens_BxT[:, 1:], reduce=False)
     return loss_fn
@@ -34,18 +47,19 @@ def make_train_step(loss_fn, tx: optax.GradientTransformation, grad_accum: int, 
     """(state, tokens_BxT) -> (state, metrics); gradients accumulate over ``grad_accum``
     micro-batches with lax.scan (one compiled micro-step whatever the count)."""
 
-    def micro(params, opt_state, tokens, step):
+    def micro(params, frozen, opt_state, tokens, step):
         def scaled(p):
-            loss = jnp.mean(loss_fn(p, tokens, step))
+            loss = jnp.mean(loss_fn(p, tokens, step, frozen))
             return (scale_loss(loss, opt_state) if loss_scaled else loss), loss
         (_, loss), grads = jax.value_and_grad(scaled, has_aux=True)(params)
         return loss, grads
 
-    def train_step(state: TrainState, tokens_BxT):
+    def train_step(state: TrainState | FinetuneState, tokens_BxT):
+        frozen = getattr(state, "frozen", None)
         mb = tokens_BxT.reshape(grad_accum, -1, tokens_BxT.shape[-1])
 
         def body(carry, tokens):
-            loss, grads = micro(state.params, state.opt_state, tokens, state.step)
+            loss, grads = micro(state.params, frozen, state.opt_state, tokens, state.step)
             return jax.tree.map(jnp.add, carry, (loss, grads)), None
 
         zero = (jnp.zeros((), jnp.float32), jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params))
@@ -57,15 +71,15 @@ def make_train_step(loss_fn, tx: optax.GradientTransformation, grad_accum: int, 
         if loss_scaled:
             ls = find_state(opt_state, LossScaleState)
             metrics.update(loss_scale=ls.scale, skipped_steps=ls.skipped_steps)
-        return TrainState(state.step + 1, params, opt_state), metrics
+        return state._replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step
 
 
 def make_eval_step(loss_fn):
-    """(params, tokens_BxT, valid_B) -> (sum of per-sequence losses, number of valid sequences)."""
-    def eval_step(params, tokens_BxT, valid_B):
-        per_seq = loss_fn(params, tokens_BxT, jnp.int32(0))
+    """(params, tokens_BxT, valid_B, frozen=None) -> (sum of per-sequence losses, number of valid sequences)."""
+    def eval_step(params, tokens_BxT, valid_B, frozen=None):
+        per_seq = loss_fn(params, tokens_BxT, jnp.int32(0), frozen)
         w = valid_B.astype(jnp.float32)
         return jnp.sum(per_seq * w), jnp.sum(w)
     return eval_step

@@ -1,0 +1,305 @@
+"""LoRA adapters on QuantDense layers, QLoRA's frozen quantized base, and merging for deployment.
+
+    paths = lp.nn.apply_lora(model, "attn|mlp", rank=8, alpha=16, rngs=nnx.Rngs(0))       # LoRA
+    paths = lp.nn.apply_lora(model, "attn|mlp", rank=8, alpha=16, base="nf4", rngs=...)   # QLoRA
+    frozen_kinds = nnx.Any(nnx.Param, lp.nn.QuantizedWeight)
+    graphdef, adapters, frozen, rest = nnx.split(model, lp.nn.LoRAParam, frozen_kinds, ...)
+    deployed = lp.nn.merge_lora(model, requantize=True)     # W + (alpha/r) A B, back in NF4
+
+A targeted layer computes ``base(x) + (alpha / r) * dropout(x) @ A @ B`` with ``A`` (in, r)
+random and ``B`` (r, out) zero, so the adapted model starts equal to the base. Layers stacked
+by ``nnx.vmap`` (a kernel of shape (n_layers, in, out)) get stacked adapters and stacked codes,
+which ``nnx.scan`` slices like any other parameter. Only ``LoRAParam`` is meant to be trained:
+differentiate and optimize with that filter; the base is a plain ``nnx.Param`` (LoRA) or
+``QuantizedWeight`` codes and scales (QLoRA), never touched by the optimizer. Inside a
+transform, rebuild a frozen state captured from outside before merging
+(``jax.tree.map(lambda x: x, frozen)``): ``nnx.scan`` refuses variables of an outer trace level.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import re
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from flax.nnx.nn import dtypes
+
+from lowprec import ops
+from lowprec.formats import pack, unpack
+from lowprec.nn.base import QuantModule
+from lowprec.nn.dense import QuantDense
+from lowprec.quant import Quantizer, presets
+
+log = logging.getLogger(__name__)
+
+_DROPOUT_STREAM = 0x10A  # folded into a layer's key for its dropout mask (kept apart from rounding keys)
+
+
+class LoRAParam(nnx.Param):
+    """A low-rank adapter matrix (``lora_a`` or ``lora_b``): the trainable part of a LoRA model."""
+
+
+class QuantizedWeight(nnx.Variable):
+    """Codes or scales of a frozen quantized kernel (QLoRA's base): stored, never trained."""
+
+
+def weight_quantizer(spec: str | Quantizer) -> Quantizer:
+    """The quantizer a frozen or requantized kernel (in, out) uses, its groups running along the
+    contraction (input) axis as in the quantized GEMMs. ``spec``: a Quantizer, a preset name
+    (``"nf4"``: blocks of 64 with double-quantized scales, ``"int4_channel"``, ``"mxfp4"``, ...)
+    or a format name (``"int4"``, ``"e2m1fn"``, ...) for one fp32 scale per output channel."""
+    if isinstance(spec, Quantizer):
+        q = spec
+    elif spec in presets.PRESETS:
+        q = presets.get(spec)
+    else:
+        try:
+            q = Quantizer(spec, "channel")
+        except (ValueError, KeyError):
+            raise ValueError(f"unknown weight format {spec!r}; known: a preset ({', '.join(presets.PRESETS)}) "
+                             "or a format name (int4, int8, e2m1fn, ...)") from None
+    return q.replace(granularity=q.granularity.along((0,)))
+
+
+def _over_leading(fn, n: int):
+    """``fn`` vmapped over ``n`` leading axes of every argument (stacked layers)."""
+    for _ in range(n):
+        fn = jax.vmap(fn)
+    return fn
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _quantize(quantizer: Quantizer, kernel):
+    """One QTensor per stacked layer of ``kernel`` (one compiled program, not op by op)."""
+    return _over_leading(quantizer.quantize, kernel.ndim - 2)(kernel)
+
+
+def _sharding_axes(variable) -> tuple | None:
+    axes = variable.get_metadata().get("out_sharding")
+    return tuple(axes) if axes is not None else None
+
+
+def _param_meta(axes) -> dict:
+    return {} if axes is None else dict(out_sharding=tuple(axes), eager_sharding=False)
+
+
+class QuantizedDense(QuantModule):
+    """A frozen linear layer whose kernel is held as packed codes and scales (one QTensor per
+    stacked layer) and dequantized to the compute dtype in the forward pass; its GEMMs follow
+    ``recipe`` like ``QuantDense``'s. Built from a QuantDense."""
+
+    def __init__(self, like: QuantDense, quantizer: str | Quantizer, *, kernel=None, kernel_axes=None):
+        """``like``'s kernel (or ``kernel``, with sharding names ``kernel_axes``) quantized by
+        ``weight_quantizer(quantizer)``; ``like``'s bias, recipe and telemetry probe are kept."""
+        quantizer = weight_quantizer(quantizer)
+        if kernel is None:
+            kernel, kernel_axes = like.kernel[...], _sharding_axes(like.kernel)
+        self.quantizer, self.kernel_shape, self.kernel_axes = quantizer, tuple(kernel.shape), kernel_axes
+        self.kernel_dtype = jnp.dtype(kernel.dtype).name
+        qt = _quantize(quantizer, kernel)
+        leaves, self.treedef = jax.tree.flatten(qt)
+        codes = leaves[0]
+        self.bits, self.code_len, self.codes_ndim = quantizer.format.bits, codes.shape[-1], codes.ndim - kernel.ndim + 2
+        self.codes = QuantizedWeight(pack(codes, self.bits) if self.bits < 8 else codes)
+        self.scales = nnx.List([QuantizedWeight(x) for x in leaves[1:]])
+        self.bias = like.bias if like.bias is not None else nnx.data(None)
+        self.in_features, self.out_features, self.use_bias = like.in_features, like.out_features, like.use_bias
+        self.dtype, self.param_dtype, self.precision = like.dtype, like.param_dtype, like.precision
+        self.promote_dtype, self.preferred_element_type = like.promote_dtype, like.preferred_element_type
+        self.recipe, self.grad_telemetry = like.recipe, like.grad_telemetry
+
+    def dequantized_kernel(self) -> jax.Array:
+        """The kernel the codes stand for, in its original dtype (stacked when the layer is)."""
+        codes = self.codes[...]
+        if self.bits < 8:
+            codes = unpack(codes, self.bits, self.code_len)
+
+        def one(*leaves):
+            return jax.tree.unflatten(self.treedef, leaves).dequantize()
+
+        return _over_leading(one, codes.ndim - self.codes_ndim)(codes, *(s[...] for s in self.scales))
+
+    def nbytes(self) -> int:
+        """Bytes the stored codes and scales take (what replaces the dense kernel)."""
+        return sum(v[...].nbytes for v in [self.codes, *self.scales])
+
+    def __call__(self, inputs, *, key=None, rngs: nnx.Rngs | None = None):
+        """``inputs @ dequantized kernel + bias`` along the last axis of ``inputs``."""
+        bias = self.bias[...] if self.bias is not None else None
+        inputs, kernel, bias = self.promote_dtype((inputs, self.dequantized_kernel(), bias), dtype=self.dtype)
+        dn = (((inputs.ndim - 1,), (0,)), ((), ()))
+        y = self._gemm(ops.dot_general, inputs, kernel, dn, key=key, rngs=rngs, precision=self.precision,
+                       preferred_element_type=self.preferred_element_type)
+        if bias is not None:
+            y += jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
+        return y
+
+
+class LoRADense(nnx.Module):
+    """``base(x) + (alpha / rank) * dropout(x) @ lora_a @ lora_b``; ``base`` is a QuantDense (LoRA)
+    or a QuantizedDense (QLoRA). ``lora_a`` starts from ``a_init`` (default normal with std
+    ``in_features ** -0.5``), ``lora_b`` from zeros. Dropout (rate ``dropout``) acts on the
+    adapter's input only, while ``deterministic`` is False, with a mask drawn from the call's
+    ``key`` (or ``rngs.dropout()``)."""
+
+    def __init__(self, base: QuantDense | QuantizedDense, rank: int, alpha: float, *, dropout: float = 0.0,
+                 a_init=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        check_hyperparameters(rank, alpha, dropout)
+        if isinstance(base, QuantizedDense):
+            shape, axes = base.kernel_shape, base.kernel_axes
+        else:
+            shape, axes = tuple(base.kernel.shape), _sharding_axes(base.kernel)
+        lead, (n_in, n_out) = shape[:-2], shape[-2:]
+        lead_axes = None if axes is None else tuple(axes[:-2])
+        a_init = a_init or nnx.initializers.normal(n_in ** -0.5)
+        self.base = base
+        self.lora_a = LoRAParam(a_init(rngs.params(), lead + (n_in, rank), param_dtype),
+                                **_param_meta(None if axes is None else lead_axes + (axes[-2], None)))
+        self.lora_b = LoRAParam(jnp.zeros(lead + (rank, n_out), param_dtype),
+                                **_param_meta(None if axes is None else lead_axes + (None, axes[-1])))
+        self.rank, self.alpha, self.dropout, self.deterministic = rank, float(alpha), float(dropout), False
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.rank
+
+    def __call__(self, inputs, *, key=None, rngs: nnx.Rngs | None = None):
+        y = self.base(inputs, key=key, rngs=rngs)
+        h = inputs
+        if self.dropout > 0 and not self.deterministic:
+            if key is None and rngs is None:
+                raise ValueError("LoRA dropout needs key= or rngs= at call (or deterministic=True for evaluation)")
+            k = jax.random.fold_in(key if key is not None else rngs.dropout(), _DROPOUT_STREAM)
+            keep = jax.random.bernoulli(k, 1.0 - self.dropout, h.shape)
+            h = jnp.where(keep, h / (1.0 - self.dropout), jnp.zeros_like(h))
+        h, a, b = dtypes.promote_dtype((h, self.lora_a[...], self.lora_b[...]), dtype=self.base.dtype)
+        delta = jnp.matmul(jnp.matmul(h, a), b)
+        return y + (delta * self.scaling).astype(y.dtype)
+
+    def merged_kernel(self) -> jax.Array:
+        """``W + (alpha / rank) A B`` in fp32 (``W`` dequantized for a quantized base)."""
+        base = self.base
+        w = base.dequantized_kernel() if isinstance(base, QuantizedDense) else base.kernel[...]
+        ab = jnp.matmul(self.lora_a[...].astype(jnp.float32), self.lora_b[...].astype(jnp.float32),
+                        precision=jax.lax.Precision.HIGHEST)
+        return w.astype(jnp.float32) + self.scaling * ab
+
+
+def check_hyperparameters(rank, alpha, dropout) -> None:
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+        raise ValueError(f"LoRA rank must be a positive integer; got {rank!r}")
+    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"LoRA alpha must be a positive number; got {alpha!r}")
+    if not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
+        raise ValueError(f"LoRA dropout must be in [0, 1); got {dropout!r}")
+
+
+def _dense_layers(model: nnx.Module, pattern: str, kinds) -> list[tuple[tuple, str, nnx.Module]]:
+    """(parent path, attribute, module) of each ``kinds`` layer whose path matches ``pattern``."""
+    try:
+        regex = re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"LoRA targets {pattern!r} is not a regular expression: {e}") from None
+    found = []
+    for path, module in nnx.iter_modules(model):
+        if isinstance(module, kinds) and path and regex.search("/".join(str(p) for p in path)):
+            found.append((tuple(path[:-1]), path[-1], module))
+    return found
+
+
+def _set(model: nnx.Module, parent_path: tuple, name, module: nnx.Module) -> None:
+    parent = model
+    for p in parent_path:
+        parent = parent[p] if isinstance(p, int) else getattr(parent, p)
+    if isinstance(name, int):
+        parent[name] = module
+    else:
+        setattr(parent, name, module)
+
+
+def _name(parent_path, name) -> str:
+    return "/".join(str(p) for p in (*parent_path, name))
+
+
+def apply_lora(model: nnx.Module, targets: str, rank: int, alpha: float, *, dropout: float = 0.0,
+               base: str | Quantizer | None = None, a_init=None, param_dtype=None,
+               rngs: nnx.Rngs) -> dict[str, tuple[int, int]]:
+    """Wraps every QuantDense whose path (``"blocks/attn/q"``) matches the regular expression
+    ``targets`` (``re.search``) in a :class:`LoRADense`, in place. ``base``: None keeps the
+    kernel as a frozen Param (LoRA); a format (``weight_quantizer``'s ``spec``, e.g. ``"nf4"``)
+    stores it quantized (QLoRA). ``param_dtype``: the adapters' dtype (default: the layer's).
+    Returns ``{path: (in_features, out_features)}`` of the adapted layers."""
+    check_hyperparameters(rank, alpha, dropout)
+    if any(isinstance(m, LoRADense) for _, m in nnx.iter_modules(model)):
+        raise ValueError("the model already has LoRA adapters; merge_lora first to adapt it again")
+    quantizer = None if base is None else weight_quantizer(base)
+    layers = _dense_layers(model, targets, QuantDense)
+    if not layers:
+        names = [_name(p, n) for p, n, _ in _dense_layers(model, ".*", QuantDense)]
+        raise ValueError(f"LoRA targets {targets!r} match no QuantDense layer; layers: {', '.join(names)}")
+    adapted = {}
+    for parent, name, dense in layers:
+        inner = dense if quantizer is None else QuantizedDense(dense, quantizer)
+        _set(model, parent, name, LoRADense(inner, rank, alpha, dropout=dropout, a_init=a_init,
+                                            param_dtype=param_dtype or dense.param_dtype, rngs=rngs))
+        adapted[_name(parent, name)] = (dense.in_features, dense.out_features)
+    log.info("LoRA rank %d alpha %g on %d layers (%s); base %s", rank, alpha, len(adapted), ", ".join(adapted),
+             "unquantized" if quantizer is None else quantizer)
+    return adapted
+
+
+def set_deterministic(model: nnx.Module, deterministic: bool = True) -> None:
+    """Turns LoRA dropout off (evaluation) or back on, in place."""
+    for _, module in nnx.iter_modules(model):
+        if isinstance(module, LoRADense):
+            module.deterministic = deterministic
+
+
+def merge_lora(model: nnx.Module, requantize: bool | str | Quantizer | None = None) -> nnx.Module:
+    """A copy of ``model`` with every LoRADense folded into one layer of kernel
+    ``W + (alpha / rank) A B`` (computed in fp32). ``requantize``: None/False gives a QuantDense
+    in the base's parameter dtype; True stores the merged kernel back in the base's own format
+    (a quantized base only); a format name or Quantizer stores it in that format."""
+    merged = nnx.clone(model)
+    for parent, name, lora in _dense_layers(merged, ".*", LoRADense):
+        base = lora.base
+        quantizer = _requantizer(base, requantize, _name(parent, name))
+        axes = base.kernel_axes if isinstance(base, QuantizedDense) else _sharding_axes(base.kernel)
+        dtype = base.kernel_dtype if isinstance(base, QuantizedDense) else base.kernel.dtype
+        kernel = lora.merged_kernel().astype(dtype)
+        if quantizer is not None:
+            _set(merged, parent, name, QuantizedDense(base, quantizer, kernel=kernel, kernel_axes=axes))
+        else:
+            _set(merged, parent, name, _dense_with_kernel(base, kernel, axes))
+    return merged
+
+
+def _requantizer(base, requantize, where: str) -> Quantizer | None:
+    if requantize is None or requantize is False:
+        return None
+    if requantize is True:
+        if not isinstance(base, QuantizedDense):
+            raise ValueError(f"merge_lora(requantize=True) needs a quantized base; {where} is unquantized: "
+                             "pass a format name or Quantizer")
+        return base.quantizer
+    return weight_quantizer(requantize)
+
+
+def _dense_with_kernel(like, kernel, axes) -> QuantDense:
+    """A QuantDense like ``like`` (QuantDense or QuantizedDense) holding ``kernel`` and ``like``'s bias."""
+    dense = QuantDense(like.in_features, like.out_features, use_bias=False, dtype=like.dtype,
+                       param_dtype=like.param_dtype, precision=like.precision, kernel_init=lambda *_: kernel,
+                       promote_dtype=like.promote_dtype, preferred_element_type=like.preferred_element_type,
+                       rngs=nnx.Rngs(0), kernel_metadata=_param_meta(axes), recipe=like.recipe)
+    dense.bias, dense.use_bias = like.bias if like.bias is not None else nnx.data(None), like.use_bias
+    dense.grad_telemetry = like.grad_telemetry
+    return dense
+
+
+def count_params(model: nnx.Module, kind=LoRAParam) -> int:
+    """Number of scalars held in ``kind`` variables (default: the adapters)."""
+    return sum(int(x.size) for x in jax.tree.leaves(nnx.state(model, kind)))

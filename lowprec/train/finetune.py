@@ -1,0 +1,234 @@
+"""Fine-tuning from a pretrained run: full, LoRA, QLoRA and quantization-aware (QAT) modes.
+
+The ``finetune`` config block says how (``configs/lm.py``): ``init_from`` (a run directory whose
+latest checkpoint gives the starting parameters; the optimizer starts fresh), ``mode``
+(``full``: every parameter trains; ``lora``/``qlora``: only adapters on the layers matching
+``lora_targets`` train, over a frozen base kept as it is or stored in ``base_format``; ``qat``:
+every parameter trains while the targeted layers' weights pass through ``base_format``'s
+quantizer with the ``qat_estimator`` gradient), and ``eval_quantized`` (a format: at the end,
+the validation loss of the model with its targeted weights rounded to it, adapters merged
+first). The training loop calls these functions; a resumed run restores its own checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from lowprec.nn import assign_recipes, lora
+from lowprec.ops import Recipe
+from lowprec.quant import get_estimator
+
+log = logging.getLogger(__name__)
+
+MODES = ("full", "lora", "qlora", "qat")
+ADAPTER_MODES = ("lora", "qlora")
+QAT_ESTIMATORS = ("ste", "dge")
+DEFAULTS = dict(init_from="", mode="full", lora_rank=8, lora_alpha=16.0, lora_targets="attn|mlp", lora_dropout=0.0,
+                base_format="nf4", qat_estimator="ste", eval_quantized="")
+# Model fields a fine-tune must share with the run it starts from (the parameters' shapes).
+_SHAPE_FIELDS = ("size", "vocab_size", "tie_embeddings")
+
+
+def settings(cfg) -> ml_collections.ConfigDict:
+    """The run's ``finetune`` block; configs written before fine-tuning existed have none, and
+    then mean a plain training run (the defaults)."""
+    return cfg.finetune if "finetune" in cfg else ml_collections.ConfigDict(DEFAULTS)
+
+
+def check(cfg) -> None:
+    """Raises ValueError naming the field and its allowed values for a bad ``finetune`` block."""
+    ft = settings(cfg)
+    unknown = sorted(set(ft.keys()) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown finetune field(s) {', '.join(unknown)}; known: {', '.join(DEFAULTS)}")
+    if ft.mode not in MODES:
+        raise ValueError(f"unknown finetune.mode {ft.mode!r}; known: {', '.join(MODES)}")
+    if ft.qat_estimator not in QAT_ESTIMATORS:
+        raise ValueError(f"unknown finetune.qat_estimator {ft.qat_estimator!r}; known: {', '.join(QAT_ESTIMATORS)}")
+    try:
+        re.compile(ft.lora_targets)
+    except re.error as e:
+        raise ValueError(f"finetune.lora_targets {ft.lora_targets!r} is not a regular expression: {e}") from None
+    if ft.mode in ("qlora", "qat"):
+        _quantizer("finetune.base_format", ft.base_format)
+    if ft.eval_quantized:
+        _quantizer("finetune.eval_quantized", ft.eval_quantized)
+    if ft.mode in ADAPTER_MODES:
+        try:
+            lora.check_hyperparameters(ft.lora_rank, ft.lora_alpha, ft.lora_dropout)
+        except ValueError as e:
+            raise ValueError(f"finetune.lora_rank/lora_alpha/lora_dropout: {e}") from None
+        if cfg.train.telemetry_every:
+            raise ValueError(f"train.telemetry_every={cfg.train.telemetry_every} needs finetune.mode full or qat "
+                             f"(the telemetry twin has no adapters); got mode {ft.mode!r}: set it to 0")
+
+
+def _quantizer(field: str, spec: str):
+    try:
+        return lora.weight_quantizer(spec)
+    except ValueError as e:
+        raise ValueError(f"{field}: {e}") from None
+
+
+def weight_only_recipe(spec: str, estimator: str = "ste") -> Recipe:
+    """GEMMs in the model's compute dtype whose weight operand is rounded by
+    ``weight_quantizer(spec)`` (gradient: ``estimator``); the backward reuses the rounded
+    weight, as the forward saw it; activations and gradients stay unquantized."""
+    q = lora.weight_quantizer(spec).replace(estimator=get_estimator(estimator))
+    return Recipe(fwd_weight=q, reuse_forward=True, name=f"weights:{spec}+{estimator}")
+
+
+def qat_rules(cfg) -> list[tuple[str, Recipe]]:
+    """The recipe rule that puts the targeted layers' weights through the quantizer (qat mode)."""
+    ft = settings(cfg)
+    if ft.mode != "qat":
+        return []
+    return [(ft.lora_targets, weight_only_recipe(ft.base_format, ft.qat_estimator))]
+
+
+def trainable_filter(cfg):
+    return lora.LoRAParam if settings(cfg).mode in ADAPTER_MODES else nnx.Param
+
+
+def check_init_from(cfg) -> None:
+    """Raises ValueError unless ``finetune.init_from`` is a run with plain parameters of the
+    configured model's shapes (read from its config.json, before any model is built)."""
+    from lowprec.train import restore  # restore builds models through the loop, which imports this module
+
+    ft = settings(cfg)
+    pre_cfg = restore.read_config(ft.init_from)
+    pre_mode = settings(pre_cfg).mode
+    if pre_mode in ADAPTER_MODES:
+        raise ValueError(f"finetune.init_from {ft.init_from!r} is a {pre_mode} run; start from a run with plain "
+                         "parameters (mode full or qat)")
+    for field in _SHAPE_FIELDS:
+        if pre_cfg.model[field] != cfg.model[field]:
+            raise ValueError(f"finetune.init_from {ft.init_from!r} has model.{field}={pre_cfg.model[field]!r} "
+                             f"but this config has {cfg.model[field]!r}; they must match")
+
+
+def load_pretrained(cfg, model: nnx.Module) -> int:
+    """Sets ``model``'s Params from ``finetune.init_from``'s latest checkpoint (cast to the
+    model's dtypes); returns that checkpoint's step."""
+    from lowprec.train import restore
+
+    ft = settings(cfg)
+    pre = restore.load_run(ft.init_from, devices=jax.local_devices()[:1])
+    target = nnx.state(model, nnx.Param)
+    # Through the host, as freshly initialized values (uncommitted), so any process can place them on the mesh.
+    nnx.update(model, jax.tree.map(lambda p, t: jnp.asarray(np.asarray(p), t.dtype), pre.params, target))
+    log.info("initialized from %s (step %d, policy %s)", ft.init_from, pre.step, pre.cfg.policy)
+    return pre.step
+
+
+def adapt(cfg, model: nnx.Module) -> dict:
+    """Adds the adapters of lora/qlora modes to ``model`` in place; ``{path: (in, out)}``."""
+    ft = settings(cfg)
+    if ft.mode not in ADAPTER_MODES:
+        return {}
+    if not ft.init_from:
+        log.warning("finetune.mode=%s without finetune.init_from: adapters on a randomly initialized base", ft.mode)
+    return lora.apply_lora(model, ft.lora_targets, ft.lora_rank, ft.lora_alpha, dropout=ft.lora_dropout,
+                           base=ft.base_format if ft.mode == "qlora" else None, rngs=nnx.Rngs(cfg.seed + 3))
+
+
+def split(cfg, model: nnx.Module):
+    """(graphdef, eval graphdef, trainable, frozen or None, rest): adapters vs the rest in
+    lora/qlora modes, every Param in full/qat modes; the eval graph has LoRA dropout off."""
+    trainable = trainable_filter(cfg)
+    if trainable is nnx.Param:
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        return graphdef, graphdef, params, None, rest
+    graphdef, params, frozen, rest = nnx.split(model, trainable, nnx.Any(nnx.Param, lora.QuantizedWeight), ...)
+    lora.set_deterministic(model, True)
+    eval_graphdef = nnx.graphdef(model)
+    lora.set_deterministic(model, False)
+    return graphdef, eval_graphdef, params, frozen, rest
+
+
+def quantized_model(cfg, graphdef, params, frozen, rest):
+    """(graphdef, params, rest) of the model to evaluate for ``eval_quantized``: adapters merged
+    into their layers, the targeted layers' weights rounded to ``eval_quantized`` in the forward
+    pass (the same quantizer as qat mode), the other layers as trained."""
+    ft = settings(cfg)
+    model = nnx.merge(graphdef, params, *(() if frozen is None else (frozen,)), rest)
+    if ft.mode in ADAPTER_MODES:
+        model = lora.merge_lora(model)
+    assign_recipes(model, [(ft.lora_targets, weight_only_recipe(ft.eval_quantized))])
+    return nnx.split(model, nnx.Param, ...)
+
+
+@dataclasses.dataclass
+class FinetunedRun:
+    """A fine-tuned run loaded back (see ``load_finetuned``)."""
+
+    cfg: ml_collections.ConfigDict
+    model: nnx.Module     # adapters and frozen base merged back (LoRA dropout off)
+    state: Any            # the restored TrainState / FinetuneState
+    step: int
+
+
+def load_finetuned(workdir: str, step: int | None = None, devices=None) -> FinetunedRun:
+    """A fine-tuned run of any mode at checkpoint ``step`` (default: the latest) on ``devices``
+    (default: the first local device), e.g. ``lp.nn.merge_lora(load_finetuned(d).model, requantize=True)``
+    for deployment. Nothing is read from its ``init_from``."""
+    from lowprec.train import loop, restore, sharding
+    from lowprec.train.checkpoint import Checkpointer, abstract
+
+    workdir = os.path.abspath(workdir)  # orbax needs absolute paths
+    cfg = restore.read_config(workdir)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.train.keep_checkpoints, async_save=False)
+    step = ckpt.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"{workdir} has no checkpoint to restore")
+    built = loop.setup(cfg, sharding.make_mesh({"data": -1}, devices or jax.devices()[:1]), pretrained=False)
+    state, _ = ckpt.restore(step, abstract(built.state))
+    ckpt.close()
+    frozen = getattr(state, "frozen", None)
+    model = nnx.merge(built.eval_graphdef, state.params, *(() if frozen is None else (frozen,)), built.rest)
+    return FinetunedRun(cfg, model, state, int(step))
+
+
+def _bytes(tree) -> int:
+    return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)))
+
+
+def memory_summary(state, full_params, tx) -> dict:
+    """Bytes of trainable parameters, frozen storage and optimizer state of this run, beside
+    those of full fine-tuning (``full_params``: the plain model's Params, arrays or shapes)."""
+    frozen = getattr(state, "frozen", None)
+    out = {"trainable_params": int(sum(x.size for x in jax.tree.leaves(state.params))),
+           "trainable_bytes": _bytes(state.params), "frozen_bytes": _bytes(frozen),
+           "optimizer_bytes": _bytes(state.opt_state)}
+    out["total_bytes"] = out["trainable_bytes"] + out["frozen_bytes"] + out["optimizer_bytes"]
+    out["full_params"] = int(sum(x.size for x in jax.tree.leaves(full_params)))
+    out["full_param_bytes"] = _bytes(full_params)
+    out["full_optimizer_bytes"] = _bytes(jax.eval_shape(tx.init, full_params))
+    out["full_total_bytes"] = out["full_param_bytes"] + out["full_optimizer_bytes"]
+    return out
+
+
+def compiled_memory(compiled) -> dict:
+    """The compiled step's memory analysis (per device), where the backend provides one."""
+    try:
+        stats = compiled.memory_analysis()
+    except (NotImplementedError, RuntimeError) as e:
+        log.info("no compiled memory analysis on this backend: %s", e)
+        return {}
+    if stats is None:
+        log.info("no compiled memory analysis on this backend")
+        return {}
+    names = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes", "temp_size_in_bytes",
+             "generated_code_size_in_bytes", "peak_memory_in_bytes")
+    return {f"compiled_{n.replace('_size_in_bytes', '').replace('_in_bytes', '')}_bytes": int(getattr(stats, n))
+            for n in names if getattr(stats, n, None) is not None}
