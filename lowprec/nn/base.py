@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import jax.numpy as jnp
 from flax import nnx
 
 from lowprec import ops
@@ -27,6 +28,15 @@ class QuantModule(nnx.Module):
     def _init_quant(self, recipe, telemetry: bool) -> None:
         self.recipe = recipes.get(recipe)
         self.grad_telemetry = GradTelemetry(ops.telemetry.probe()) if telemetry else nnx.data(None)
+
+    def _dense(self, inputs, kernel, bias, *, key, rngs):
+        """``inputs @ kernel (+ bias)`` along the last axis of ``inputs``, per the recipe."""
+        dn = (((inputs.ndim - 1,), (0,)), ((), ()))
+        y = self._gemm(ops.dot_general, inputs, kernel, dn, key=key, rngs=rngs, precision=self.precision,
+                       preferred_element_type=self.preferred_element_type)
+        if bias is not None:
+            y += jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
+        return y
 
     def _gemm(self, op, *args, key, rngs, **kwargs):
         """``op(*args, recipe, key, ...)`` (``ops.dot_general`` or ``ops.einsum``), sowing telemetry."""

@@ -28,7 +28,6 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.nnx.nn import dtypes
 
-from lowprec import ops
 from lowprec.formats import pack, unpack
 from lowprec.nn.base import QuantModule
 from lowprec.nn.dense import QuantDense
@@ -131,12 +130,7 @@ class QuantizedDense(QuantModule):
         """``inputs @ dequantized kernel + bias`` along the last axis of ``inputs``."""
         bias = self.bias[...] if self.bias is not None else None
         inputs, kernel, bias = self.promote_dtype((inputs, self.dequantized_kernel(), bias), dtype=self.dtype)
-        dn = (((inputs.ndim - 1,), (0,)), ((), ()))
-        y = self._gemm(ops.dot_general, inputs, kernel, dn, key=key, rngs=rngs, precision=self.precision,
-                       preferred_element_type=self.preferred_element_type)
-        if bias is not None:
-            y += jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
-        return y
+        return self._dense(inputs, kernel, bias, key=key, rngs=rngs)
 
 
 class LoRADense(nnx.Module):

@@ -20,18 +20,11 @@ from lowprec.models import llama
 from lowprec.train import finetune, loop, restore
 from lowprec.train.checkpoint import Checkpointer, abstract
 from lowprec.train.rundir import RunDir, read_metrics
+from .test_train import configure
 
 TARGETS = (("attn", "q"), ("attn", "k"), ("attn", "v"), ("attn", "o"), ("mlp", "gate"), ("mlp", "up"), ("mlp", "down"))
 
 
-def configure(cfg, overrides):
-    for path, value in overrides.items():
-        node = cfg
-        *parents, leaf = path.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return cfg
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,8 @@ from lowprec.train.rundir import RunDir, read_metrics
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def smoke(**overrides):
-    cfg = lm.get_config("smoke")
-    cfg.train.progress = False
+def configure(cfg, overrides: dict):
+    """``cfg`` with ``{"a.b": value}`` set in place (returned for chaining)."""
     for path, value in overrides.items():
         node = cfg
         *parents, leaf = path.split(".")
@@ -26,6 +25,12 @@ def smoke(**overrides):
             node = node[p]
         node[leaf] = value
     return cfg
+
+
+def smoke(**overrides):
+    cfg = lm.get_config("smoke")
+    cfg.train.progress = False
+    return configure(cfg, overrides)
 
 
 def losses(workdir, split="train"):
