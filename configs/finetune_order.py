@@ -13,7 +13,7 @@ domain validation loss of its weights rounded to the study's format (``val_quant
   round-to-nearest quantization.
 
 ``arg`` is ``"<size>[,<format>]"`` (sizes ``tiny`` — about a minute per run on a CPU —,
-``20m``, ``125m``; formats ``int4`` (per output channel) or ``nf4`` (blocks of 64, double
+``6m``, ``20m``, ``125m``; formats ``int4`` (per output channel) or ``nf4`` (blocks of 64, double
 quantization); default ``int4``) for a fine-tune arm, or ``"<size>,pretrain"`` for the run they
 all start from. From the repository root, per size (``20m`` here) and format:
 
@@ -41,11 +41,11 @@ import ml_collections
 from configs import lm
 from launch.sweep import product, seeds
 
-SIZES = ("tiny", "20m", "125m")
+SIZES = ("tiny", "6m", "20m", "125m")
 FORMATS = ("int4", "nf4")
 DOMAIN = "shakespeare"
-STEPS = {"tiny": 300, "20m": 600, "125m": 600}
-PRETRAIN_STEPS = {"tiny": 1500, "20m": 3000, "125m": 5000}
+STEPS = {"tiny": 300, "6m": 600, "20m": 600, "125m": 600}
+PRETRAIN_STEPS = {"tiny": 1500, "6m": 2000, "20m": 3000, "125m": 2000}
 SEEDS = 1
 LR = {"full": 1e-4, "qat": 1e-4, "lora": 1e-3, "qlora": 1e-3}
 ARMS = (

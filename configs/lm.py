@@ -5,7 +5,7 @@
     python -m experiments.train --config configs/lm.py:125m,fp4_paper --workdir runs/125m \\
         --config.train.steps=2000 --config.optim.lr=1e-3
 
-The argument after ':' is "<size>[,<recipe>]" (sizes: tiny, 20m, 125m, 350m, 1b; recipes:
+The argument after ':' is "<size>[,<recipe>]" (sizes: tiny, 6m, 20m, 125m, 350m, 1b; recipes:
 any name in lp.recipes), "cpu[,<recipe>]" (the tiny model on the default corpus: about a
 minute on a laptop CPU) or "smoke" (the tiny model on synthetic data: seconds).
 Every field below can be overridden with --config.<path>=<value>; unknown keys are errors.

@@ -52,10 +52,11 @@ class LlamaConfig:
         return v * d * (1 if self.tie_embeddings else 2) + self.n_layers * per_layer + d
 
 
-# Sizes by name; parameter counts with the byte-level vocabulary: tiny 0.1M, 20m 21.8M,
+# Sizes by name; parameter counts with the byte-level vocabulary: tiny 0.1M, 6m 6.0M, 20m 21.8M,
 # 125m 121M, 350m 346M, 1b 993M (LlamaConfig.num_params).
 SIZES = {
     "tiny": dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=192, max_seq_len=128),
+    "6m": dict(d_model=256, n_layers=6, n_heads=4, n_kv_heads=2, d_ff=1024, max_seq_len=512),
     "20m": dict(d_model=384, n_layers=10, n_heads=6, n_kv_heads=2, d_ff=1536, max_seq_len=512),
     "125m": dict(d_model=768, n_layers=14, n_heads=12, n_kv_heads=4, d_ff=3072, max_seq_len=1024),
     "350m": dict(d_model=1024, n_layers=24, n_heads=16, n_kv_heads=4, d_ff=3840, max_seq_len=1024),

@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import re
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +30,7 @@ from flax.nnx.nn import dtypes
 from lowprec.formats import pack, unpack
 from lowprec.nn.base import QuantModule
 from lowprec.nn.dense import QuantDense
+from lowprec.nn.rules import find_layers, replace_layer
 from lowprec.quant import Quantizer, presets
 
 log = logging.getLogger(__name__)
@@ -49,18 +49,21 @@ class QuantizedWeight(nnx.Variable):
 def weight_quantizer(spec: str | Quantizer) -> Quantizer:
     """The quantizer a frozen or requantized kernel (in, out) uses, its groups running along the
     contraction (input) axis as in the quantized GEMMs. ``spec``: a Quantizer, a preset name
-    (``"nf4"``: blocks of 64 with double-quantized scales, ``"int4_channel"``, ``"mxfp4"``, ...)
-    or a format name (``"int4"``, ``"e2m1fn"``, ...) for one fp32 scale per output channel."""
+    (``"nf4"``: blocks of 64 with double-quantized scales, ``"int4_channel"``, ``"mxfp4"``, ...),
+    a format name (``"int4"``, ``"e2m1fn"``, ...) for one fp32 scale per output channel, or
+    ``"<format>:<granularity>"`` (``"int4:block(128)"``: one fp32 scale per group of 128 inputs)."""
     if isinstance(spec, Quantizer):
         q = spec
     elif spec in presets.PRESETS:
         q = presets.get(spec)
     else:
+        fmt, _, granularity = str(spec).partition(":")
         try:
-            q = Quantizer(spec, "channel")
-        except (ValueError, KeyError):
-            raise ValueError(f"unknown weight format {spec!r}; known: a preset ({', '.join(presets.PRESETS)}) "
-                             "or a format name (int4, int8, e2m1fn, ...)") from None
+            q = Quantizer(fmt, granularity or "channel")
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"unknown weight format {spec!r}; known: a preset ({', '.join(presets.PRESETS)}), "
+                             "a format name (int4, int8, e2m1fn, ...) or <format>:<granularity> "
+                             f"(int4:block(128)); {e}") from None
     return q.replace(granularity=q.granularity.along((0,)))
 
 
@@ -91,15 +94,21 @@ class QuantizedDense(QuantModule):
     stacked layer) and dequantized to the compute dtype in the forward pass; its GEMMs follow
     ``recipe`` like ``QuantDense``'s. Built from a QuantDense."""
 
-    def __init__(self, like: QuantDense, quantizer: str | Quantizer, *, kernel=None, kernel_axes=None):
+    def __init__(self, like: QuantDense, quantizer: str | Quantizer, *, kernel=None, kernel_axes=None,
+                 qtensor=None):
         """``like``'s kernel (or ``kernel``, with sharding names ``kernel_axes``) quantized by
-        ``weight_quantizer(quantizer)``; ``like``'s bias, recipe and telemetry probe are kept."""
+        ``weight_quantizer(quantizer)``; or ``qtensor``, codes and scales made elsewhere (e.g. by
+        GPTQ; stacked like the kernel, its quantizer ``weight_quantizer(quantizer)``).
+        ``like``'s bias, recipe and telemetry probe are kept."""
         quantizer = weight_quantizer(quantizer)
         if kernel is None:
-            kernel, kernel_axes = like.kernel[...], _sharding_axes(like.kernel)
+            kernel, kernel_axes = like.kernel[...], kernel_axes or _sharding_axes(like.kernel)
         self.quantizer, self.kernel_shape, self.kernel_axes = quantizer, tuple(kernel.shape), kernel_axes
         self.kernel_dtype = jnp.dtype(kernel.dtype).name
-        qt = _quantize(quantizer, kernel)
+        qt = _quantize(quantizer, kernel) if qtensor is None else qtensor
+        if qtensor is not None and (qtensor.quantizer != quantizer or qtensor.shape != self.kernel_shape[-2:]):
+            raise ValueError(f"qtensor ({qtensor.quantizer}, shape {qtensor.shape}) does not match the layer's "
+                             f"quantizer {quantizer} and kernel shape {self.kernel_shape[-2:]}")
         leaves, self.treedef = jax.tree.flatten(qt)
         codes = leaves[0]
         self.bits, self.code_len, self.codes_ndim = quantizer.format.bits, codes.shape[-1], codes.ndim - kernel.ndim + 2
@@ -192,33 +201,6 @@ def check_hyperparameters(rank, alpha, dropout) -> None:
         raise ValueError(f"LoRA dropout must be in [0, 1); got {dropout!r}")
 
 
-def _dense_layers(model: nnx.Module, pattern: str, kinds) -> list[tuple[tuple, str, nnx.Module]]:
-    """(parent path, attribute, module) of each ``kinds`` layer whose path matches ``pattern``."""
-    try:
-        regex = re.compile(pattern)
-    except re.error as e:
-        raise ValueError(f"LoRA targets {pattern!r} is not a regular expression: {e}") from None
-    found = []
-    for path, module in nnx.iter_modules(model):
-        if isinstance(module, kinds) and path and regex.search("/".join(str(p) for p in path)):
-            found.append((tuple(path[:-1]), path[-1], module))
-    return found
-
-
-def _set(model: nnx.Module, parent_path: tuple, name, module: nnx.Module) -> None:
-    parent = model
-    for p in parent_path:
-        parent = parent[p] if isinstance(p, int) else getattr(parent, p)
-    if isinstance(name, int):
-        parent[name] = module
-    else:
-        setattr(parent, name, module)
-
-
-def _name(parent_path, name) -> str:
-    return "/".join(str(p) for p in (*parent_path, name))
-
-
 def apply_lora(model: nnx.Module, targets: str, rank: int, alpha: float, *, dropout: float = 0.0,
                base: str | Quantizer | None = None, a_init=None, param_dtype=None,
                rngs: nnx.Rngs) -> dict[str, tuple[int, int]]:
@@ -231,16 +213,13 @@ def apply_lora(model: nnx.Module, targets: str, rank: int, alpha: float, *, drop
     if any(isinstance(m, LoRADense) for _, m in nnx.iter_modules(model)):
         raise ValueError("the model already has LoRA adapters; merge_lora first to adapt it again")
     quantizer = None if base is None else weight_quantizer(base)
-    layers = _dense_layers(model, targets, QuantDense)
-    if not layers:
-        names = [_name(p, n) for p, n, _ in _dense_layers(model, ".*", QuantDense)]
-        raise ValueError(f"LoRA targets {targets!r} match no QuantDense layer; layers: {', '.join(names)}")
     adapted = {}
-    for parent, name, dense in layers:
+    for layer in find_layers(model, targets, QuantDense, what="LoRA targets"):
+        dense = layer.module
         inner = dense if quantizer is None else QuantizedDense(dense, quantizer)
-        _set(model, parent, name, LoRADense(inner, rank, alpha, dropout=dropout, a_init=a_init,
-                                            param_dtype=param_dtype or dense.param_dtype, rngs=rngs))
-        adapted[_name(parent, name)] = (dense.in_features, dense.out_features)
+        replace_layer(model, layer, LoRADense(inner, rank, alpha, dropout=dropout, a_init=a_init,
+                                              param_dtype=param_dtype or dense.param_dtype, rngs=rngs))
+        adapted[layer.path] = (dense.in_features, dense.out_features)
     log.info("LoRA rank %d alpha %g on %d layers (%s); base %s", rank, alpha, len(adapted), ", ".join(adapted),
              "unquantized" if quantizer is None else quantizer)
     return adapted
@@ -259,16 +238,16 @@ def merge_lora(model: nnx.Module, requantize: bool | str | Quantizer | None = No
     in the base's parameter dtype; True stores the merged kernel back in the base's own format
     (a quantized base only); a format name or Quantizer stores it in that format."""
     merged = nnx.clone(model)
-    for parent, name, lora in _dense_layers(merged, ".*", LoRADense):
-        base = lora.base
-        quantizer = _requantizer(base, requantize, _name(parent, name))
+    for layer in find_layers(merged, ".*", LoRADense, required=False):
+        lora, base = layer.module, layer.module.base
+        quantizer = _requantizer(base, requantize, layer.path)
         axes = base.kernel_axes if isinstance(base, QuantizedDense) else _sharding_axes(base.kernel)
         dtype = base.kernel_dtype if isinstance(base, QuantizedDense) else base.kernel.dtype
         kernel = lora.merged_kernel().astype(dtype)
         if quantizer is not None:
-            _set(merged, parent, name, QuantizedDense(base, quantizer, kernel=kernel, kernel_axes=axes))
+            replace_layer(merged, layer, QuantizedDense(base, quantizer, kernel=kernel, kernel_axes=axes))
         else:
-            _set(merged, parent, name, _dense_with_kernel(base, kernel, axes))
+            replace_layer(merged, layer, _dense_with_kernel(base, kernel, axes))
     return merged
 
 

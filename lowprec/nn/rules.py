@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import Sequence
+from typing import Any
 
 from flax import nnx
 
@@ -43,3 +45,46 @@ def assign_recipes(model: nnx.Module, rules: Sequence[tuple[str, Recipe | str]])
         if pattern not in used:
             logger.warning("recipe rule %r matched no quantized layer; layers: %s", pattern, ", ".join(assigned))
     return assigned
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    """A module found in a model: its path (``"blocks/attn/q"``), parent path and attribute."""
+
+    path: str
+    parent: tuple
+    name: Any
+    module: nnx.Module
+
+
+def find_layers(model: nnx.Module, pattern: str, kinds, *, required: bool = True,
+                what: str = "layer pattern") -> list[Layer]:
+    """Every ``kinds`` module whose path matches the regular expression ``pattern`` (``re.search``).
+    With ``required``, matching nothing is a ValueError that lists the layers there are
+    (``what`` names the setting in the message)."""
+    try:
+        regex = re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"{what} {pattern!r} is not a regular expression: {e}") from None
+    found, names = [], []
+    for path, module in nnx.iter_modules(model):
+        if isinstance(module, kinds) and path:
+            name = "/".join(str(p) for p in path)
+            names.append(name)
+            if regex.search(name):
+                found.append(Layer(name, tuple(path[:-1]), path[-1], module))
+    if required and not found:
+        kind_names = "/".join(k.__name__ for k in (kinds if isinstance(kinds, tuple) else (kinds,)))
+        raise ValueError(f"{what} {pattern!r} match no {kind_names} layer; layers: {', '.join(names)}")
+    return found
+
+
+def replace_layer(model: nnx.Module, layer: Layer, module: nnx.Module) -> None:
+    """Puts ``module`` where ``layer`` was, in place."""
+    parent = model
+    for p in layer.parent:
+        parent = parent[p] if isinstance(p, int) else getattr(parent, p)
+    if isinstance(layer.name, int):
+        parent[layer.name] = module
+    else:
+        setattr(parent, layer.name, module)

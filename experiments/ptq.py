@@ -1,0 +1,174 @@
+"""Post-training quantization of trained runs: held-out loss before and after, sizes, per-layer SQNR.
+
+    python -m experiments.ptq --checkpoint runs/20m --weights int4 --method gptq
+    python -m experiments.ptq --checkpoint runs/20m --weights int4 --activations int8 --act-calibration mse
+    python -m experiments.ptq --config configs/ptq.py --out experiments/results/ptq    # formats x sizes
+
+Each setting quantizes the run's attention and MLP weights (``--weights``: ``int8``, ``int4``,
+``int4:block(64)``, ``nf4``, ``mxfp4``, ``nvfp4``, ``e4m3fn``, ...) by round-to-nearest or GPTQ,
+optionally their inputs (``--activations``) with scales calibrated on training batches, and
+measures the held-out loss of the run's own validation split; it saves the quantized model with
+orbax to measure its size on disk beside the bf16 checkpoint's. ``--out`` writes
+``results.json``, ``report.md`` and figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from experiments.common import environment
+from launch.sweep import apply_overrides, load_sweep
+from lowprec import data as lpdata
+from lowprec import ptq
+from lowprec.train import restore
+
+log = logging.getLogger("ptq")
+SPEC_FIELDS = ("weights", "method", "targets", "activations", "act_calibration", "percentile", "damp")
+
+
+def _batches(run, calib_batches: int, eval_batches: int):
+    """(calibration token arrays from the training split, held-out (tokens, valid) batches)."""
+    d = run.cfg.data
+    corpus = lpdata.load(d.source, d.path or None, include=d.get("include") or None, exclude=d.get("exclude") or None)
+    train, val = corpus.split()
+    batches = lpdata.Batches(train, seq_len=d.seq_len, batch_size=d.batch_size, seed=run.cfg.seed + 7)
+    calib = [batches.batch(i) for i in range(calib_batches)]
+    evals = lpdata.EvalBatches(val, seq_len=d.seq_len, batch_size=d.batch_size, max_batches=eval_batches)
+    return calib, [evals.batch(i) for i in range(len(evals))], corpus.bytes_per_token
+
+
+class Checkpoint:
+    """A run loaded once: its model, data, loss and bf16 size."""
+
+    def __init__(self, path: str, calib_batches: int, eval_batches: int):
+        self.path, self.run = path, restore.load_run(path)
+        self.model = self.run.model
+        self.calib, self.evals, self.bytes_per_token = _batches(self.run, calib_batches, eval_batches)
+        self.before = ptq.loss(self.model, self.evals, self.bytes_per_token)
+        self.bf16 = {"memory_bytes": ptq.memory_bytes(self.model)["total_bytes"], "disk_bytes": _disk(self.model)}
+        self.params = int(sum(x.size for x in jax.tree.leaves(self.run.params)))
+        log.info("%s: %s at step %d, %.1fM parameters, held-out loss %.4f", path, self.run.cfg.model.size,
+                 self.run.step, self.params / 1e6, self.before["loss"])
+
+
+def _disk(model) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        return ptq.save(model, os.path.join(tmp, "model"))
+
+
+def _mean(values):
+    flat = [v for x in values for v in (x if isinstance(x, list) else [x])]
+    return float(np.mean(flat)) if flat else None
+
+
+def evaluate(ck: Checkpoint, spec: ptq.Spec, save_dir: str | None = None) -> dict:
+    qmodel, layers = ptq.quantize_model(ck.model, spec, ck.calib)
+    after = ptq.loss(qmodel, ck.evals, ck.bytes_per_token)
+    memory = ptq.memory_bytes(qmodel)
+    if save_dir:
+        disk = ptq.save(qmodel, save_dir)
+    else:
+        disk = _disk(qmodel)
+    targeted = sum(int(np.prod(_kernel_shape(ck.model, path))) for path in layers)
+    row = {"checkpoint": ck.path, "size": ck.run.cfg.model.size, "params": ck.params, "step": ck.run.step,
+           **{f: getattr(spec, f) for f in SPEC_FIELDS}, "setting": str(spec),
+           "loss_before": ck.before["loss"], "loss_after": after["loss"], "loss_increase": after["loss"] - ck.before["loss"],
+           "bits_per_byte_before": ck.before["bits_per_byte"], "bits_per_byte_after": after["bits_per_byte"],
+           "memory_bytes": memory["total_bytes"], "disk_bytes": disk, "bf16_memory_bytes": ck.bf16["memory_bytes"],
+           "bf16_disk_bytes": ck.bf16["disk_bytes"], "quantized_weights": targeted,
+           "bits_per_weight": 8 * memory["quantized_bytes"] / max(targeted, 1),
+           "weight_sqnr_db": _mean(v["weight_sqnr_db"] for v in layers.values()),
+           "output_sqnr_db": _mean(v.get("output_sqnr_db", []) for v in layers.values()), "layers": layers}
+    log.info("%s %s: loss %.4f -> %.4f (%+.4f), %.2f bits/weight, %.1f%% of bf16 on disk", ck.run.cfg.model.size,
+             spec, ck.before["loss"], after["loss"], row["loss_increase"], row["bits_per_weight"],
+             100 * disk / ck.bf16["disk_bytes"])
+    return row
+
+
+def _kernel_shape(model, path: str):
+    module = model
+    for p in path.split("/"):
+        module = module[int(p)] if p.isdigit() else getattr(module, p)
+    return module.kernel.shape
+
+
+def settings_from(args) -> list[ml_collections.ConfigDict]:
+    if args.config:
+        module, arg = load_sweep(args.config)
+        base = module.get_config(arg)
+        sweep = module.get_sweep(arg) if hasattr(module, "get_sweep") else [{}]
+        return [apply_overrides(base, o) for o in sweep]
+    if not args.checkpoint:
+        raise SystemExit("give --config configs/ptq.py[:sizes] or --checkpoint <run dir>")
+    c = ml_collections.ConfigDict({"checkpoint": args.checkpoint, "calib_batches": args.calib_batches,
+                                   "eval_batches": args.eval_batches,
+                                   **{f: getattr(args, f) for f in SPEC_FIELDS}})
+    return [c]
+
+
+def run(settings, out: str | None = None, save: str | None = None) -> list[dict]:
+    loaded: dict[str, Checkpoint] = {}
+    rows = []
+    for i, s in enumerate(settings):
+        spec = ptq.Spec(**{f: s[f] for f in SPEC_FIELDS})
+        if s.checkpoint not in loaded:
+            loaded.clear()  # one model in memory at a time
+            loaded[s.checkpoint] = Checkpoint(s.checkpoint, s.calib_batches, s.eval_batches)
+        print(f"[{i + 1}/{len(settings)}] {s.checkpoint}: {spec}", flush=True)
+        save_dir = os.path.abspath(os.path.join(save, f"{os.path.basename(s.checkpoint)}-{i:03d}")) if save else None
+        rows.append(evaluate(loaded[s.checkpoint], spec, save_dir))
+        if out:  # nothing lost if interrupted
+            _write_json(out, rows)
+    return rows
+
+
+def _write_json(out: str, rows: list[dict]) -> None:
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump({"environment": environment(), "rows": rows}, f, indent=1)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="", help="configs/ptq.py[:sizes]: every setting of its sweep")
+    parser.add_argument("--checkpoint", default="", help="a trained run directory (one setting from the flags)")
+    parser.add_argument("--weights", default="int4", help="weight format: int8, int4, int4:block(64), nf4, mxfp4, ...")
+    parser.add_argument("--method", default="rtn", choices=ptq.METHODS)
+    parser.add_argument("--targets", default="attn|mlp", help="regular expression over layer paths")
+    parser.add_argument("--activations", default="", help="input format of the targeted layers (int8, e4m3fn, ...)")
+    parser.add_argument("--act-calibration", dest="act_calibration", default="absmax",
+                        help="absmax, percentile, mse or dynamic")
+    parser.add_argument("--percentile", type=float, default=99.99)
+    parser.add_argument("--damp", type=float, default=0.01, help="GPTQ dampening (fraction of mean diag H)")
+    parser.add_argument("--calib-batches", dest="calib_batches", type=int, default=4)
+    parser.add_argument("--eval-batches", dest="eval_batches", type=int, default=20)
+    parser.add_argument("--out", default="", help="directory for results.json, report.md and figures")
+    parser.add_argument("--save", default="", help="keep the quantized models (orbax) under this directory")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        settings = settings_from(args)
+        for s in settings:  # every bad field before any work
+            ptq.Spec(**{f: s[f] for f in SPEC_FIELDS})
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    rows = run(settings, args.out or None, args.save or None)
+    from experiments.reporting.ptq import table, write_report
+    print(table(rows))
+    if args.out:
+        write_report(args.out, rows)
+        print(f"wrote {args.out}/report.md")
+
+
+if __name__ == "__main__":
+    jnp.zeros(())  # initialize the backend before absl/orbax logging
+    main()
