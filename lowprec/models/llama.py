@@ -9,12 +9,16 @@ grow with depth. Parameters carry logical axis names (``embed``, ``mlp``, ``head
 from __future__ import annotations
 
 import dataclasses
+import functools
+import logging
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from lowprec.nn import QuantDense
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +37,8 @@ class LlamaConfig:
     param_dtype: str = "float32"     # storage dtype of parameters
     remat: bool = False
     telemetry: bool = False          # quantized layers record numerics statistics
-    attention: str | None = None     # jax.nn.dot_product_attention implementation: None, "xla", "cudnn"
+    attention: str | None = None     # jax.nn.dot_product_attention implementation: "xla", "cudnn",
+                                     # or None: cudnn on GPU for bf16/fp16 activations, else xla (logged)
 
     def __post_init__(self):
         if self.d_model % self.n_heads:
@@ -103,6 +108,22 @@ def rotary(x_BxLxHxK, theta: float):
     return out.astype(x_BxLxHxK.dtype)
 
 
+def attention_implementation(setting: str | None, dtype) -> str:
+    """``setting`` when given; otherwise cudnn's fused attention on GPUs for 16-bit activations
+    (about 2x faster than XLA's for the 20M model on an H100), XLA's elsewhere."""
+    if setting:
+        return setting
+    fused = jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+    return _log_choice("cudnn" if fused else "xla", jnp.dtype(dtype).name)
+
+
+@functools.cache
+def _log_choice(implementation: str, dtype: str) -> str:
+    log.info("attention: %s (model.attention unset; %s activations on %s)", implementation, dtype,
+             jax.default_backend())
+    return implementation
+
+
 class Attention(nnx.Module):
     def __init__(self, cfg: LlamaConfig, rngs: nnx.Rngs):
         d, hd, std = cfg.d_model, cfg.head_dim, cfg.d_model ** -0.5
@@ -121,7 +142,8 @@ class Attention(nnx.Module):
         v_BxLxGxK = self.v(x_BxLxD, key=_key(key, 2)).reshape(b, length, cfg.n_kv_heads, cfg.head_dim)
         q_BxLxHxK, k_BxLxGxK = rotary(q_BxLxHxK, cfg.rope_theta), rotary(k_BxLxGxK, cfg.rope_theta)
         out_BxLxHxK = jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, is_causal=True,
-                                                   implementation=cfg.attention)
+                                                   implementation=attention_implementation(cfg.attention,
+                                                                                           q_BxLxHxK.dtype))
         return self.o(out_BxLxHxK.reshape(b, length, cfg.n_heads * cfg.head_dim), key=_key(key, 3))
 
 
@@ -178,7 +200,10 @@ class Llama(nnx.Module):
 
     def __call__(self, tokens_BxL, key=None):
         """``key``: PRNG key for stochastic-rounding recipes (folded per layer and GEMM)."""
-        x_BxLxD = self.embed(tokens_BxL)
+        # The table is gathered in fp32, so its gradient is an fp32 scatter-add: on GPUs a 16-bit
+        # scatter-add of repeated tokens (text) serializes, costing 2x the 20M model's step.
+        table = self.embed.embedding[...]
+        x_BxLxD = jnp.take(table.astype(jnp.float32), tokens_BxL, axis=0).astype(self.embed.dtype or table.dtype)
         layer_keys = None if key is None else jax.random.split(key, self.cfg.n_layers)
 
         def layer(block, x, k):

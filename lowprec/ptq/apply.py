@@ -73,8 +73,8 @@ def layer_errors(kernel, dequantized, gram=None) -> dict:
     out = {"weight_sqnr_db": _sqnr_db((w ** 2).sum((-2, -1)), (d ** 2).sum((-2, -1))).tolist()}
     if gram is not None:
         h = np.asarray(gram, np.float64)
-        out["output_sqnr_db"] = _sqnr_db(np.einsum("...io,...ij,...jo->...", w, h, w),
-                                         np.einsum("...io,...ij,...jo->...", d, h, d)).tolist()
+        out["output_sqnr_db"] = _sqnr_db(np.sum(w * (h @ w), axis=(-2, -1)),     # tr(W^T H W), by matmul
+                                         np.sum(d * (h @ d), axis=(-2, -1))).tolist()
     return out
 
 

@@ -180,7 +180,7 @@ def test_the_script_writes_results_and_report(trained, tmp_path, capsys):
 
 def test_the_config_sweeps_formats_by_sizes():
     settings = ptq_script.settings_from(type("A", (), {"config": "configs/ptq.py:6m,20m", "checkpoint": ""})())
-    per_size = len(ptq_config.WEIGHTS) * len(ptq_config.METHODS) + len(ptq_config.ACTIVATIONS) * len(ptq_config.METHODS)
+    per_size = len(ptq_config.WEIGHTS) * len(ptq_config.METHODS) + len(ptq_config.ACTIVATIONS)
     assert len(settings) == 2 * per_size
     assert {s.checkpoint for s in settings} == {"runs/finetune_order/pretrain-6m", "runs/finetune_order/pretrain-20m"}
     for s in settings:
