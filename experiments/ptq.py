@@ -78,7 +78,7 @@ def evaluate(ck: Checkpoint, spec: ptq.Spec, save_dir: str | None = None) -> dic
         disk = ptq.save(qmodel, save_dir)
     else:
         disk = _disk(qmodel)
-    targeted = sum(int(np.prod(_kernel_shape(ck.model, path))) for path in layers)
+    targeted = sum(v["weights"] for v in layers.values())
     row = {"checkpoint": ck.path, "size": ck.run.cfg.model.size, "params": ck.params, "step": ck.run.step,
            **{f: getattr(spec, f) for f in SPEC_FIELDS}, "setting": str(spec),
            "loss_before": ck.before["loss"], "loss_after": after["loss"], "loss_increase": after["loss"] - ck.before["loss"],
@@ -92,13 +92,6 @@ def evaluate(ck: Checkpoint, spec: ptq.Spec, save_dir: str | None = None) -> dic
              spec, ck.before["loss"], after["loss"], row["loss_increase"], row["bits_per_weight"],
              100 * disk / ck.bf16["disk_bytes"])
     return row
-
-
-def _kernel_shape(model, path: str):
-    module = model
-    for p in path.split("/"):
-        module = module[int(p)] if p.isdigit() else getattr(module, p)
-    return module.kernel.shape
 
 
 def settings_from(args) -> list[ml_collections.ConfigDict]:

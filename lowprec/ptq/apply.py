@@ -4,6 +4,7 @@ GPTQ, optionally inputs with calibrated static scales; per-layer error report.""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 
 import jax
@@ -78,11 +79,13 @@ def layer_errors(kernel, dequantized, gram=None) -> dict:
     return out
 
 
+@functools.partial(jax.jit, static_argnums=(0, 3))
 def _gptq_stacked(quantizer, kernel, gram, damp):
-    fn = lambda k, g: gptq(quantizer, k, g, damp)  # noqa: E731
+    """GPTQ of each stacked layer of ``kernel`` (leading axes), compiled once per shape."""
+    fn = functools.partial(gptq, quantizer, damp=damp)
     for _ in range(kernel.ndim - 2):
         fn = jax.vmap(fn)
-    return jax.jit(fn)(kernel, jnp.asarray(gram))
+    return fn(kernel, gram)
 
 
 def quantize_model(model: nnx.Module, spec: Spec, calibration_batches=()) -> tuple[nnx.Module, dict]:
@@ -99,9 +102,10 @@ def quantize_model(model: nnx.Module, spec: Spec, calibration_batches=()) -> tup
     for layer in find_layers(quantized, spec.targets, QuantDense, what="ptq targets"):
         dense, st = layer.module, stats.get(layer.path)
         kernel = dense.kernel[...]
-        qt = _gptq_stacked(wq, kernel, st.gram, spec.damp) if spec.method == "gptq" else None
+        qt = _gptq_stacked(wq, kernel, jnp.asarray(st.gram), spec.damp) if spec.method == "gptq" else None
         new = QuantizedDense(dense, wq, qtensor=qt)
         report[layer.path] = layer_errors(kernel, new.dequantized_kernel(), None if st is None else st.gram)
+        report[layer.path]["weights"] = int(kernel.size)
         if aq is not None:
             clip = None
             if aq.source == "delayed":

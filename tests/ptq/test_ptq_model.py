@@ -9,21 +9,17 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import lm
 from configs import ptq as ptq_config
 from experiments import ptq as ptq_script
 from lowprec import data as lpdata
 from lowprec import ptq
-from lowprec.train import loop, restore
-from tests.train.test_train import configure
+from lowprec.train import restore
+from tests.train.test_train import train_smoke
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("ptq_run"))
-    loop.train(configure(lm.get_config("smoke"), {
-        "train.steps": 60, "train.log_every": 20, "train.eval_every": 60, "train.eval_batches": 1,
-        "train.progress": False, "mesh.devices": 1}), path)
+    path = train_smoke(str(tmp_path_factory.mktemp("ptq_run")), steps=60)
     run = restore.load_run(path)
     _, val = lpdata.load("synthetic").split()
     evals = lpdata.EvalBatches(val, seq_len=64, batch_size=8, max_batches=4)

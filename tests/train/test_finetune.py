@@ -20,7 +20,7 @@ from lowprec.models import llama
 from lowprec.train import finetune, loop, restore
 from lowprec.train.checkpoint import Checkpointer, abstract
 from lowprec.train.rundir import RunDir, read_metrics
-from .test_train import configure
+from .test_train import configure, train_smoke
 
 TARGETS = (("attn", "q"), ("attn", "k"), ("attn", "v"), ("attn", "o"), ("mlp", "gate"), ("mlp", "up"), ("mlp", "down"))
 
@@ -30,11 +30,7 @@ TARGETS = (("attn", "q"), ("attn", "k"), ("attn", "v"), ("attn", "o"), ("mlp", "
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     """A smoke model trained for 20 steps (synthetic data, bf16 compute)."""
-    path = str(tmp_path_factory.mktemp("pretrained"))
-    loop.train(configure(lm.get_config("smoke"), {
-        "train.steps": 20, "train.log_every": 10, "train.eval_every": 20, "train.eval_batches": 1,
-        "train.progress": False, "mesh.devices": 1}), path)
-    return path
+    return train_smoke(str(tmp_path_factory.mktemp("pretrained")), steps=20)
 
 
 def finetune_cfg(init_from: str, **overrides):

@@ -27,6 +27,14 @@ def configure(cfg, overrides: dict):
     return cfg
 
 
+def train_smoke(path: str, steps: int) -> str:
+    """A smoke model trained for ``steps`` steps in ``path`` (synthetic data, one device)."""
+    loop.train(configure(lm.get_config("smoke"), {
+        "train.steps": steps, "train.log_every": steps // 3, "train.eval_every": steps, "train.eval_batches": 1,
+        "train.progress": False, "mesh.devices": 1}), path)
+    return path
+
+
 def smoke(**overrides):
     cfg = lm.get_config("smoke")
     cfg.train.progress = False
