@@ -108,11 +108,25 @@ def settings_from(args) -> list[ml_collections.ConfigDict]:
     return [c]
 
 
+def read_rows(out: str) -> list[dict]:
+    """The rows an earlier (possibly interrupted) call wrote to ``out/results.json``."""
+    path = os.path.join(out, "results.json")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return json.load(f)["rows"]
+
+
 def run(settings, out: str | None = None, save: str | None = None) -> list[dict]:
+    """Evaluate every setting; with ``out``, settings already in its results.json are kept, not redone."""
     loaded: dict[str, Checkpoint] = {}
-    rows = []
+    rows = read_rows(out) if out else []
+    done = {(r["checkpoint"], r["setting"]) for r in rows}
     for i, s in enumerate(settings):
         spec = ptq.Spec(**{f: s[f] for f in SPEC_FIELDS})
+        if (s.checkpoint, str(spec)) in done:
+            print(f"[{i + 1}/{len(settings)}] {s.checkpoint}: {spec} (in {out}/results.json)", flush=True)
+            continue
         if s.checkpoint not in loaded:
             loaded.clear()  # one model in memory at a time
             loaded[s.checkpoint] = Checkpoint(s.checkpoint, s.calib_batches, s.eval_batches)
@@ -128,6 +142,24 @@ def _write_json(out: str, rows: list[dict]) -> None:
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump({"environment": environment(), "rows": rows}, f, indent=1)
+
+
+def merge(dirs: list[str], out: str) -> list[dict]:
+    """One results.json and report from several calls' directories (later rows of a setting win)."""
+    if not out:
+        raise SystemExit("error: --merge needs --out")
+    rows: dict[tuple, dict] = {}
+    for d in dirs:
+        found = read_rows(d)
+        if not found:
+            raise SystemExit(f"error: no results.json with rows in {d}")
+        rows.update({(r["checkpoint"], r["setting"]): r for r in found})
+    merged = list(rows.values())
+    _write_json(out, merged)
+    from experiments.reporting.ptq import write_report
+    write_report(out, merged)
+    print(f"merged {len(merged)} settings from {len(dirs)} directories into {out}/report.md")
+    return merged
 
 
 def main(argv=None):
@@ -146,8 +178,12 @@ def main(argv=None):
     parser.add_argument("--eval-batches", dest="eval_batches", type=int, default=20)
     parser.add_argument("--out", default="", help="directory for results.json, report.md and figures")
     parser.add_argument("--save", default="", help="keep the quantized models (orbax) under this directory")
+    parser.add_argument("--merge", nargs="+", default=[], metavar="DIR",
+                        help="no quantization: merge the results.json of these directories into --out's report")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.merge:
+        return merge(args.merge, args.out)
     try:
         settings = settings_from(args)
         for s in settings:  # every bad field before any work

@@ -35,6 +35,11 @@ def download(registry: str, package: str, version: str, dest: Path) -> Path:
     files = [p for p in dest.iterdir() if p.is_file()]
     if done.returncode != 0 or len(files) != 1:
         tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        hint = ""
+        if registry == "debian" and "was not found" in " ".join(tail):
+            hint = (" (the package index may predate the pin: run `apt-get update` and try "
+                    "again; if the pin left the archive, `apt-cache madison "
+                    f"{package}` lists the versions on offer)")
         raise FetchError(f"could not download {registry} package {package} {version} "
-                         f"(exit {done.returncode}): {' | '.join(tail)}")
+                         f"(exit {done.returncode}): {' | '.join(tail)}{hint}")
     return files[0]

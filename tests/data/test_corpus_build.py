@@ -154,3 +154,15 @@ def test_corpus_dir_precedence(tmp_path, monkeypatch):
     assert default_corpus.corpus_dir() == tmp_path / "env"
     monkeypatch.delenv("LOWPREC_DATA_DIR")
     assert str(default_corpus.corpus_dir()).endswith(".cache/lowprec/corpus")
+
+
+def test_missing_debian_pin_suggests_refreshing_the_index(tmp_path, monkeypatch):
+    import subprocess
+
+    from lowprec.data import fetch
+
+    monkeypatch.setattr(fetch.shutil, "which", lambda name: "/usr/bin/apt-get")
+    monkeypatch.setattr(fetch.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(
+        a[0], 100, "", "E: Version '1.0-1' for 'some-doc' was not found"))
+    with pytest.raises(FetchError, match=r"apt-get update.*apt-cache madison some-doc"):
+        fetch.download("debian", "some-doc", "1.0-1", tmp_path / "dl")

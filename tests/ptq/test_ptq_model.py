@@ -164,14 +164,30 @@ def test_the_script_writes_results_and_report(trained, tmp_path, capsys):
         ptq_script.main(["--checkpoint", path, "--weights", w, "--method", m, "--calib-batches", "1",
                          "--eval-batches", "2", "--out", out])
     rows = json.load(open(os.path.join(out, "results.json")))["rows"]
-    assert [r["setting"] for r in rows] == ["W:int4/gptq"]
-    r = rows[0]
+    assert [r["setting"] for r in rows] == ["W:int8/rtn", "W:int4/gptq"]  # a second call adds to the first
+    r = rows[1]
     assert r["disk_bytes"] < r["bf16_disk_bytes"] and r["memory_bytes"] < r["bf16_memory_bytes"]
     assert 4.0 < r["bits_per_weight"] < 5.0
     assert os.path.exists(os.path.join(out, "ptq_loss_increase.png"))
     report = open(os.path.join(out, "report.md")).read()
     assert "W:int4/gptq" in report and f"{r['loss_after']:.4f}" in report
     assert "W:int4/gptq" in capsys.readouterr().out
+    # an interrupted sweep resumes: settings already in results.json are not evaluated again
+    ptq_script.main(["--checkpoint", path, "--weights", "int4", "--method", "gptq", "--calib-batches", "1",
+                     "--eval-batches", "2", "--out", out])
+    assert "(in " + out + "/results.json)" in capsys.readouterr().out
+    assert json.load(open(os.path.join(out, "results.json")))["rows"] == rows
+    # results of separate calls merge into one report
+    other = str(tmp_path / "other")
+    ptq_script.main(["--checkpoint", path, "--weights", "nf4", "--calib-batches", "1", "--eval-batches", "2",
+                     "--out", other])
+    merged = str(tmp_path / "merged")
+    ptq_script.main(["--merge", out, other, "--out", merged])
+    settings = [r["setting"] for r in json.load(open(os.path.join(merged, "results.json")))["rows"]]
+    assert settings == ["W:int8/rtn", "W:int4/gptq", "W:nf4/rtn"]
+    assert "W:nf4/rtn" in open(os.path.join(merged, "report.md")).read()
+    with pytest.raises(SystemExit, match="no results.json"):
+        ptq_script.main(["--merge", str(tmp_path / "nowhere"), "--out", merged])
 
 
 def test_the_config_sweeps_formats_by_sizes():
