@@ -5,19 +5,15 @@
 
 Every variant reads the fp32 tensor and writes an fp32 tensor of the same size, like the
 copy it is compared with; the ratio is copy time / quantize time (1.0 = copy speed).
-Current (absmax) scaling of a whole tensor or of columns must read the tensor twice (amax
-first, then quantize), so its ceiling is copy / (copy + amax read), about 2/3 of copy speed;
-the run prints that ceiling. Delayed scaling (scale from an amax history, current amax
-recorded in the same pass) has no such ceiling, and neither have blocks (MX): on GPUs their
-amax is taken inside the one-pass kernel of ``lowprec.quant.fused`` (the XLA path, two passes,
-is measured beside it, and the two are checked bit for bit).
+Current (absmax) scaling must read the tensor twice (amax first, then quantize), so its
+ceiling is about 2/3 of copy speed unless the amax pass is fused away; delayed scaling
+(scale from an amax history, current amax recorded in the same pass) has no such ceiling.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +22,6 @@ import numpy as np
 
 import lowprec as lp
 from experiments.common import environment, time_fn, write_json
-from lowprec.quant import fused
 
 
 def variants(rows: int, cols: int):
@@ -44,38 +39,7 @@ def variants(rows: int, cols: int):
         ("e2m1fn per-channel (scale per column)", jax.jit(lp.Quantizer("e2m1fn", "channel"))),
         ("e2m1fn per-token (scale per row)", jax.jit(lp.Quantizer("e2m1fn", "token"))),
         ("mxfp4 (e2m1fn, blocks of 32, E8M0)", jax.jit(lp.quant.presets.MXFP4)),
-        ("mxfp4 (XLA path, two passes)", xla_path(lp.quant.presets.MXFP4)),
-        ("mxfp8 e4m3 (blocks of 32, E8M0)", jax.jit(lp.quant.presets.MXFP8_E4M3)),
     ]
-
-
-def xla_path(q):
-    """``q`` jitted with the fused block kernel switched off (traced under LOWPREC_FUSED_QUANT=0)."""
-    def f(v):
-        old = os.environ.get(fused.ENV)
-        os.environ[fused.ENV] = "0"
-        try:
-            return q(v)
-        finally:
-            os.environ.pop(fused.ENV) if old is None else os.environ.__setitem__(fused.ENV, old)
-    return jax.jit(f)
-
-
-def fused_mismatches() -> dict:
-    """Bit mismatches between the path ``q(x)`` takes here and the XLA path, per MX preset
-    (0 everywhere; the block kernel runs on GPUs only, elsewhere both are the XLA path)."""
-    k1, k2 = jax.random.split(jax.random.key(1))
-    sample = jax.random.normal(k1, (256, 1024)) * jnp.exp2(jnp.round(jax.random.normal(k2, (256, 32, 1)) * 8)
-                                                           ).repeat(32, axis=2).reshape(256, 1024)  # blocks of different scales
-    sample = sample.at[0, :32].set(0.0).at[1, 3].set(jnp.inf).at[2, 5].set(jnp.nan)
-    out = {}
-    for name in ("MXFP4", "MXFP6_E3M2", "MXFP8_E4M3", "MXINT8"):
-        q = getattr(lp.quant.presets, name)
-        for dtype in (jnp.float32, jnp.bfloat16):
-            v = sample.astype(dtype)
-            a, b = np.asarray(jax.jit(q)(v)), np.asarray(xla_path(q)(v))
-            out[f"{name} {jnp.dtype(dtype).name}"] = int((a.view(f"u{a.itemsize}") != b.view(f"u{b.itemsize}")).sum())
-    return out
 
 
 def check_bits(x) -> int:
@@ -109,21 +73,16 @@ def main():
         t = time_fn(fn, x, repeats=args.repeats)
         results[name] = {"seconds": t, "fraction_of_copy": t_copy / t,
                          "GB/s (read+write)": 2 * nbytes / t / 1e9}
-    # Current scaling reads twice (amax, then quantize+write): its ceiling is copy / (copy + read).
-    two_pass = t_copy / (t_copy + t_read)
     payload = {"environment": environment(), "tensor": {"shape": [rows, args.cols], "bytes": nbytes},
-               "bit_mismatches_vs_ml_dtypes": check_bits(x), "fused_vs_xla_bit_mismatches": fused_mismatches(),
-               "two_pass_ceiling_fraction_of_copy": two_pass, "results": results}
+               "bit_mismatches_vs_ml_dtypes": check_bits(x), "results": results}
     write_json(args.out, payload)
     print(f"{'variant':55s} {'ms':>8s} {'GB/s':>8s} {'x copy':>7s}")
     for name, r in results.items():
         gbs = r.get("GB/s (read+write)", r.get("GB/s (read)"))
         frac = r.get("fraction_of_copy")
         print(f"{name:55s} {r['seconds'] * 1e3:8.3f} {gbs:8.0f} {'' if frac is None else f'{frac:7.2f}'}")
-    print(f"two-pass ceiling (copy / (copy + amax read)): {two_pass:.2f} x copy")
     print(f"device: {payload['environment']['device']}; bit mismatches vs ml_dtypes: "
-          f"{payload['bit_mismatches_vs_ml_dtypes']}; fused block kernel vs XLA: "
-          f"{payload['fused_vs_xla_bit_mismatches']}; wrote {args.out}")
+          f"{payload['bit_mismatches_vs_ml_dtypes']}; wrote {args.out}")
 
 
 if __name__ == "__main__":

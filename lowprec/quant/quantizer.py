@@ -9,7 +9,6 @@ import jax
 import jax.numpy as jnp
 
 from lowprec.formats import OVERFLOW_POLICIES, ROUNDING_MODES, Format, get
-from lowprec.quant import fused
 from lowprec.quant import occ as occ_lib
 from lowprec.quant import scaling
 from lowprec.quant.estimators import Estimator, get_estimator
@@ -148,11 +147,6 @@ class Quantizer:
         """Fake-quantizes ``x``: same shape and dtype; ``jax.grad`` follows the estimator."""
         x = jnp.asarray(x)
         self._check_key(key)
-        if self.granularity.kind == "block":  # MX-style blocks: one pass on GPUs (lowprec.quant.fused)
-            reason = fused.fusable(self, x)
-            fused.log_path(self, x, reason)
-            if reason is None:
-                return _fused_fake_quant(self, x)
         return _fake_quant(self, x, key, amax_history)
 
     def _forward(self, x, key, amax_history):
@@ -199,22 +193,6 @@ def _fake_quant_bwd(quantizer, xs, g):
 
 
 _fake_quant.defvjp(_fake_quant_fwd, _fake_quant_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _fused_fake_quant(quantizer, x):
-    return fused.block_fake_quant(quantizer, x)
-
-
-def _fused_fwd(quantizer, x):
-    return fused.block_fake_quant(quantizer, x), None
-
-
-def _fused_bwd(quantizer, _, g):  # fusable() admits only estimators of gradient g (STE)
-    return (g,)
-
-
-_fused_fake_quant.defvjp(_fused_fwd, _fused_bwd)
 
 
 def _choice(field, value, allowed):
