@@ -138,10 +138,13 @@ def run(settings, out: str | None = None, save: str | None = None) -> list[dict]
     return rows
 
 
-def _write_json(out: str, rows: list[dict]) -> None:
+def _write_json(out: str, rows: list[dict], sources: list[dict] | None = None) -> None:
     os.makedirs(out, exist_ok=True)
+    payload = {"environment": environment(), "rows": rows}
+    if sources:  # a merge: where each part was measured
+        payload["sources"] = sources
     with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump({"environment": environment(), "rows": rows}, f, indent=1)
+        json.dump(payload, f, indent=1)
 
 
 def merge(dirs: list[str], out: str) -> list[dict]:
@@ -149,13 +152,16 @@ def merge(dirs: list[str], out: str) -> list[dict]:
     if not out:
         raise SystemExit("error: --merge needs --out")
     rows: dict[tuple, dict] = {}
+    sources = []
     for d in dirs:
         found = read_rows(d)
         if not found:
             raise SystemExit(f"error: no results.json with rows in {d}")
         rows.update({(r["checkpoint"], r["setting"]): r for r in found})
+        with open(os.path.join(d, "results.json")) as f:
+            sources.append({"directory": d, "settings": len(found), "environment": json.load(f)["environment"]})
     merged = list(rows.values())
-    _write_json(out, merged)
+    _write_json(out, merged, sources)
     from experiments.reporting.ptq import write_report
     write_report(out, merged)
     print(f"merged {len(merged)} settings from {len(dirs)} directories into {out}/report.md")

@@ -71,7 +71,8 @@ def write_report(out: str, rows: list[dict]) -> None:
     os.makedirs(out, exist_ok=True)
     plot_increase(rows, os.path.join(out, "ptq_loss_increase.png"))
     env_path = os.path.join(out, "results.json")
-    env = json.load(open(env_path))["environment"] if os.path.exists(env_path) else {}
+    saved = json.load(open(env_path)) if os.path.exists(env_path) else {}
+    env = saved.get("sources") or saved.get("environment", {})  # a merge lists where each part ran
     md = ["# Post-training quantization", "",
           "Held-out loss (nats per token of the run's own validation split) before and after quantizing the "
           "attention and MLP weights (W) and optionally their inputs (A); embeddings and LM head stay bf16. "

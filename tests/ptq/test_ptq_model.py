@@ -185,6 +185,9 @@ def test_the_script_writes_results_and_report(trained, tmp_path, capsys):
     ptq_script.main(["--merge", out, other, "--out", merged])
     settings = [r["setting"] for r in json.load(open(os.path.join(merged, "results.json")))["rows"]]
     assert settings == ["W:int8/rtn", "W:int4/gptq", "W:nf4/rtn"]
+    sources = json.load(open(os.path.join(merged, "results.json")))["sources"]
+    assert [(s["directory"], s["settings"]) for s in sources] == [(out, 2), (other, 1)]
+    assert all("device" in s["environment"] for s in sources)
     assert "W:nf4/rtn" in open(os.path.join(merged, "report.md")).read()
     with pytest.raises(SystemExit, match="no results.json"):
         ptq_script.main(["--merge", str(tmp_path / "nowhere"), "--out", merged])
