@@ -137,7 +137,9 @@ def test_quantize_and_encode_match_ml_dtypes(name):
         xs = x[sub].astype(np.float64)
         ref = np.where(xs - E8M0_TINY < 2 * E8M0_TINY - xs, E8M0_TINY, 2 * E8M0_TINY)
         np.testing.assert_array_equal(got[kind][sub].astype(np.float64), ref)
-        assert np.all(want[sub].astype(np.float64) == 2 * E8M0_TINY)
+        # ml_dtypes < 0.7 rounds that whole range up to 2**-126; from 0.7 on it agrees with the reference.
+        old_ml_dtypes = tuple(int(p) for p in ml_dtypes.__version__.split(".")[:2]) < (0, 7)
+        np.testing.assert_array_equal(want[sub].astype(np.float64), 2 * E8M0_TINY if old_ml_dtypes else ref)
         if kind != "fp16" and name == "e8m0fnu":
             assert np.any(ref == E8M0_TINY), "the sweep must reach the divergent range"
         # encode: ml_dtypes' bit pattern wherever its cast is a finite number.
