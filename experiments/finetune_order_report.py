@@ -83,7 +83,8 @@ def plot(table: list[dict], path: str) -> None:
     fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 4.2), dpi=100, squeeze=False,
                              layout="constrained")
     for ax, (size, fmt) in zip(axes[0], groups):
-        got = [r for r in table if (r["size"], r["format"]) == (size, fmt) and r["arm"] != "no fine-tuning"]
+        got = [r for r in table if (r["size"], r["format"]) == (size, fmt) and r["arm"] != "no fine-tuning"
+               and r["status"] == "done"]
         y = np.arange(len(got))
         colors = ["tab:blue" if r["order"] == "fine-tune first" else "tab:orange" for r in got]
         ax.barh(y, [r["val_quantized"] for r in got], color=colors)
@@ -94,9 +95,10 @@ def plot(table: list[dict], path: str) -> None:
             lo, hi = min(finite), max(finite)
             ax.set_xlim(lo - 0.3 * (hi - lo + 1e-3), hi + 0.3 * (hi - lo + 1e-3))
         ax.set_xlabel(f"domain val loss, weights in {fmt}")
-        ax.set_title(f"{size}, {fmt} (blue: fine-tune first; orange: quantize first)", fontsize=8)
+        ax.set_title(f"{size}, {fmt}", fontsize=9)
         ax.invert_yaxis()
         ax.legend(fontsize=7)
+    fig.suptitle("finished runs; blue: fine-tune first, then quantize; orange: quantize first", fontsize=9)
     fig.savefig(path)
     plt.close(fig)
 
