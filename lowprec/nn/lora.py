@@ -27,15 +27,20 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.nnx.nn import dtypes
 
+from lowprec.formats import get as get_format
 from lowprec.formats import pack, unpack
 from lowprec.nn.base import QuantModule
 from lowprec.nn.dense import QuantDense
 from lowprec.nn.rules import find_layers, replace_layer
 from lowprec.quant import Quantizer, presets
+from lowprec.quant.scaling import SCALE_RULES
 
 log = logging.getLogger(__name__)
 
 _DROPOUT_STREAM = 0x10A  # folded into a layer's key for its dropout mask (kept apart from rounding keys)
+
+POW2_SCALES = tuple(r for r in SCALE_RULES if r.startswith("pow2"))
+_E8M0 = get_format("e8m0fnu")
 
 
 class LoRAParam(nnx.Param):
@@ -113,7 +118,13 @@ class QuantizedDense(QuantModule):
         codes = leaves[0]
         self.bits, self.code_len, self.codes_ndim = quantizer.format.bits, codes.shape[-1], codes.ndim - kernel.ndim + 2
         self.codes = QuantizedWeight(pack(codes, self.bits) if self.bits < 8 else codes)
-        self.scales = nnx.List([QuantizedWeight(x) for x in leaves[1:]])
+        # Power-of-two scales (MX's E8M0) are kept as their 8-bit E8M0 codes: exact, 1/4 the bytes.
+        self.e8m0_scales = (quantizer.scale in POW2_SCALES and not quantizer.tensor_scale
+                            and quantizer.double_quant is None)
+        scales = leaves[1:]
+        if self.e8m0_scales:
+            scales = [_E8M0.encode(scales[0])]
+        self.scales = nnx.List([QuantizedWeight(x) for x in scales])
         self.bias = like.bias if like.bias is not None else nnx.data(None)
         self.in_features, self.out_features, self.use_bias = like.in_features, like.out_features, like.use_bias
         self.dtype, self.param_dtype, self.precision = like.dtype, like.param_dtype, like.precision
@@ -129,7 +140,10 @@ class QuantizedDense(QuantModule):
         def one(*leaves):
             return jax.tree.unflatten(self.treedef, leaves).dequantize()
 
-        return _over_leading(one, codes.ndim - self.codes_ndim)(codes, *(s[...] for s in self.scales))
+        scales = [s[...] for s in self.scales]
+        if self.e8m0_scales:
+            scales = [_E8M0.decode(scales[0])]
+        return _over_leading(one, codes.ndim - self.codes_ndim)(codes, *scales)
 
     def nbytes(self) -> int:
         """Bytes the stored codes and scales take (what replaces the dense kernel)."""

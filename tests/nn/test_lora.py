@@ -170,6 +170,7 @@ def test_gradients_reach_only_adapters_and_the_base_stays_bit_identical():
 @pytest.mark.parametrize("fmt, groups_per_layer", [
     ("nf4", lambda n_in, n_out: n_in // 64 * n_out),   # one absmax per 64 inputs of each output
     ("int4", lambda n_in, n_out: n_out),               # one scale per output channel
+    ("mxfp4", lambda n_in, n_out: n_in // 32 * n_out),  # one E8M0 scale per 32 inputs of each output
 ])
 def test_qlora_base_is_stored_as_packed_codes(fmt, groups_per_layer):
     model = Stack()
@@ -186,6 +187,9 @@ def test_qlora_base_is_stored_as_packed_codes(fmt, groups_per_layer):
         if fmt == "nf4":  # int8 double-quantized absmax in blocks of 256, an fp32 scale each, an fp32 mean
             blocks = math.ceil(groups / 256)
             scale_bytes = blocks * 256 + 4 * blocks + 4
+        elif fmt == "mxfp4":  # power-of-two scales kept as their 8-bit E8M0 codes
+            scale_bytes = groups
+            assert base.scales[0][...].dtype == jnp.uint8
         else:
             scale_bytes = 4 * groups
         assert base.nbytes() == n_layers * (n_in * n_out // 2 + scale_bytes)
@@ -197,6 +201,8 @@ def test_qlora_base_is_stored_as_packed_codes(fmt, groups_per_layer):
         # Values: the codes times scales; the double-quantized scales (a mean, a multiply-add)
         # may round an ulp apart between compiled programs, hence not bit for bit.
         np.testing.assert_allclose(base.dequantized_kernel(), jax.jit(jax.vmap(q))(kernel), rtol=1e-6, atol=1e-9)
+        if fmt == "mxfp4":  # E8M0 codes hold the scales exactly
+            np.testing.assert_array_equal(base.dequantized_kernel(), jax.jit(jax.vmap(q))(kernel))
 
 
 def test_merge_reproduces_the_adapted_model():
