@@ -22,6 +22,10 @@ from lowprec.train.rundir import RunDir
 
 CLAIM = ".claim"
 STOP_GRACE_S = 120  # how long stopped runs get to save their checkpoint before they are killed
+# A run whose accelerator backend failed to start is started again this many times, after a pause.
+START_FAILURES = ("Unable to initialize backend 'cuda'", "Unable to initialize backend 'rocm'")
+START_RETRIES = 2
+START_RETRY_DELAY_S = 10.0
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +201,8 @@ class Runner:
         self.stamps: dict[str, tuple | None] = {}  # run id -> STATUS stamp when this runner began
         self._stop = False
         self._last_summary = ""
+        self.restarts: dict[str, int] = {}   # run id -> starts again after a failed backend start
+        self.requeue: list = []              # runs to start again (see START_FAILURES)
 
     def run(self) -> int:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -206,8 +212,10 @@ class Runner:
                  "already done" if self.retry_failed else "already done or failed", len(queue), len(self.slots))
         last_summary = 0.0
         try:
-            while (queue or self.running) and not self._stop:
+            while (queue or self.running or self.requeue) and not self._stop:
                 self._reap()
+                queue += [r for r, at in self.requeue if time.time() >= at]
+                self.requeue = [(r, at) for r, at in self.requeue if time.time() < at]
                 for slot in range(len(self.slots)):
                     while slot not in self.running and queue and not self._stop:
                         self._start(slot, queue.pop(0))
@@ -279,10 +287,26 @@ class Runner:
             self.outcome[run.id] = {"running": "interrupted (resumes when re-run)", None: "no STATUS"}.get(
                 status, status)
             release(run.path)
+            if status == "failed" and self._transient(run, reason or ""):
+                continue
             if status == "failed":
                 log.error("FAILED %s: %s", run.id, (reason or f"exit code {rc}").splitlines()[0])
             else:
                 log.info("end %s: exit code %d, STATUS %s", run.id, rc, status)
+
+    def _transient(self, run, reason: str) -> bool:
+        """Whether a failed run only failed to start its accelerator backend (seen when several
+        processes initialize CUDA on one GPU at once): then it starts again after a pause, up to
+        ``START_RETRIES`` times."""
+        if not any(m in reason for m in START_FAILURES) or self.restarts.get(run.id, 0) >= START_RETRIES:
+            return False
+        self.restarts[run.id] = self.restarts.get(run.id, 0) + 1
+        self.stamps[run.id] = status_stamp(run.path)  # this runner's own failure: retry it here
+        self.requeue.append((run, time.time() + START_RETRY_DELAY_S * self.restarts[run.id]))
+        log.warning("%s failed to start its backend; starting it again (%d of %d)", run.id,
+                    self.restarts[run.id], START_RETRIES)
+        _runner_log(run.path, f"backend start failed; retry {self.restarts[run.id]} of {START_RETRIES}")
+        return True
 
     def _terminate(self) -> None:
         for run, process, _, _ in self.running.values():

@@ -82,6 +82,26 @@ def test_a_run_that_dies_without_status_is_marked_failed(tmp_path, in_repo, caps
     assert "dies  failed" in out and "ok    done" in out
 
 
+def test_a_failed_backend_start_is_retried_then_reported(tmp_path, in_repo, monkeypatch):
+    """Several processes starting CUDA on one GPU at once can fail to initialize it: such a run
+    starts again (twice at most); any other failure is final."""
+    monkeypatch.setattr(runner, "START_RETRY_DELAY_S", 0.0)
+    flaky = _script_run(tmp_path, "flaky", (
+        "import os, sys; n = os.path.join(sys.argv[1], 'tries'); k = len(open(n).read()) if os.path.exists(n) else 0\n"
+        "open(n, 'a').write('x')\n"
+        "if k == 0: sys.exit(\"RuntimeError: Unable to initialize backend 'cuda': INTERNAL: no supported devices\")\n"
+        "open(os.path.join(sys.argv[1], 'STATUS'), 'w').write('done\\n')"))
+    never = _script_run(tmp_path, "never", "import sys; sys.exit(\"Unable to initialize backend 'cuda'\")")
+    broken = _script_run(tmp_path, "broken", "import sys; sys.exit('ValueError: a real bug')")
+    for r in (flaky, never, broken):
+        os.makedirs(r.path)
+    assert runner.Runner([flaky, never, broken], [None], refresh=0.5).run() == 1
+    assert RunDir(flaky.path).status()[0] == "done" and open(os.path.join(flaky.path, "tries")).read() == "xx"
+    assert RunDir(never.path).status()[0] == "failed"
+    assert open(os.path.join(never.path, "runner.log")).read().count("started on slot") == 1 + runner.START_RETRIES
+    assert open(os.path.join(broken.path, "runner.log")).read().count("started on slot") == 1
+
+
 def test_a_run_another_runner_failed_meanwhile_is_not_retried(tmp_path, in_repo, starts):
     """Retrying a failed run means one retry per pass, not one per runner sharing the sweep."""
     other = _script_run(tmp_path, "other", "")
