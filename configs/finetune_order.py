@@ -12,6 +12,9 @@ domain validation loss of its weights rounded to the study's format (``val_quant
 - ``baseline``: no fine-tuning (learning rate 0): the pretrained model on the domain, and its
   round-to-nearest quantization.
 
+The whole study (pretraining, every arm, the report) is one command:
+``python -m experiments.finetune_order --sizes 6m,20m --formats int4,nf4``.
+
 ``arg`` is ``"<size>[,<format>]"`` (sizes ``tiny`` — about a minute per run on a CPU —,
 ``6m``, ``20m``, ``125m``; formats ``int4`` (per output channel) or ``nf4`` (blocks of 64, double
 quantization); default ``int4``) for a fine-tune arm, or ``"<size>,pretrain"`` for the run they

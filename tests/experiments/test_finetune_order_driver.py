@@ -1,0 +1,57 @@
+"""The fine-tune order driver: pretraining only when no checkpoint exists, nothing overwritten."""
+
+import os
+import subprocess
+
+import pytest
+
+from configs import finetune_order as study
+from experiments import finetune_order as driver
+from lowprec.train.rundir import RunDir
+
+
+@pytest.fixture
+def fake_training(tmp_path, monkeypatch):
+    """Pretraining directories under tmp_path; "training" writes STATUS done and a checkpoint step."""
+    monkeypatch.setattr(study, "pretrain_dir", lambda size: str(tmp_path / f"pretrain-{size}"))
+    calls = []
+
+    def run(cmd, **kwargs):
+        workdir = cmd[cmd.index("--workdir") + 1]
+        calls.append(workdir)
+        os.makedirs(os.path.join(workdir, "checkpoints", "2000"), exist_ok=True)
+        RunDir(workdir).set_status("done")
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(driver.subprocess, "run", run)
+    return calls
+
+
+def test_pretrains_once_and_reuses_a_checkpoint(tmp_path, fake_training):
+    path = driver.ensure_pretrained("6m")
+    assert fake_training == [path] and driver.has_checkpoint(path)
+    assert driver.ensure_pretrained("6m") == path and fake_training == [path]  # not trained again
+
+
+def test_a_done_run_without_checkpoint_is_moved_aside_and_trained_again(tmp_path, fake_training):
+    path = str(tmp_path / "pretrain-20m")
+    os.makedirs(path)
+    RunDir(path).set_status("done")
+    (tmp_path / "pretrain-20m" / "metrics.jsonl").write_text('{"step": 3000}\n')
+    driver.ensure_pretrained("20m")
+    aside = [d for d in os.listdir(tmp_path) if d.startswith("pretrain-20m.no-checkpoint-")]
+    assert len(aside) == 1 and (tmp_path / aside[0] / "metrics.jsonl").read_text() == '{"step": 3000}\n'
+    assert fake_training == [path] and driver.has_checkpoint(path)
+
+
+def test_a_failed_pretraining_stops_the_study(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "pretrain_dir", lambda size: str(tmp_path / f"pretrain-{size}"))
+    monkeypatch.setattr(driver.subprocess, "run", lambda cmd, **k: subprocess.CompletedProcess(cmd, 1))
+    with pytest.raises(SystemExit, match="pretraining 6m failed"):
+        driver.ensure_pretrained("6m")
+
+
+@pytest.mark.parametrize("args, match", [(["--sizes", "7m"], "unknown size"), (["--formats", "fp3"], "unknown format")])
+def test_bad_arguments_name_the_allowed_values(args, match):
+    with pytest.raises(SystemExit, match=f"{match}.*known"):
+        driver.main(args)
