@@ -108,13 +108,18 @@ def settings_from(args) -> list[ml_collections.ConfigDict]:
     return [c]
 
 
-def read_rows(out: str) -> list[dict]:
-    """The rows an earlier (possibly interrupted) call wrote to ``out/results.json``."""
+def read_results(out: str) -> dict:
+    """What an earlier (possibly interrupted) call wrote to ``out/results.json`` ({} if nothing)."""
     path = os.path.join(out, "results.json")
     if not os.path.exists(path):
-        return []
+        return {}
     with open(path) as f:
-        return json.load(f)["rows"]
+        return json.load(f)
+
+
+def read_rows(out: str) -> list[dict]:
+    """The rows an earlier (possibly interrupted) call wrote to ``out/results.json``."""
+    return read_results(out).get("rows", [])
 
 
 def run(settings, out: str | None = None, save: str | None = None) -> list[dict]:
@@ -154,12 +159,12 @@ def merge(dirs: list[str], out: str) -> list[dict]:
     rows: dict[tuple, dict] = {}
     sources = []
     for d in dirs:
-        found = read_rows(d)
+        saved = read_results(d)
+        found = saved.get("rows")
         if not found:
             raise SystemExit(f"error: no results.json with rows in {d}")
         rows.update({(r["checkpoint"], r["setting"]): r for r in found})
-        with open(os.path.join(d, "results.json")) as f:
-            sources.append({"directory": d, "settings": len(found), "environment": json.load(f)["environment"]})
+        sources.append({"directory": d, "settings": len(found), "environment": saved["environment"]})
     merged = list(rows.values())
     _write_json(out, merged, sources)
     from experiments.reporting.ptq import write_report
