@@ -3,7 +3,7 @@
     python -m launch.sweep configs/fp4_ablation.py:a --root runs/fp4_ablation      # (a) precision
     python -m launch.sweep configs/fp4_ablation.py:all --root runs/fp4_ablation    # (a)-(e), deduplicated
     python -m launch.sweep configs/fp4_ablation.py:a+b+c --root runs/fp4_ablation  # several
-    python -m experiments.report runs/fp4_ablation --only 'recipe=(w4a8.*)'         # one panel
+    python -m experiments.report runs/fp4_ablation --only 'recipe-w4a8' --out DIR   # one panel
     python -m experiments.occ_table --run runs/fp4_ablation/<a bf16 run>           # (f) Table 1
 
 - (a) precision: bf16, fp8, plain W4A4, and W4A4 + DGE + OCC (``fp4_paper``, the full method);
@@ -41,16 +41,18 @@ SWEEPS = {
     "c": ("w8a4",) + tuple(_register(f"w8a4_{'occ' if comp else 'clamp'}{str(a)[2:]}",
                                      recipes.fp4(8, 4, occ_alpha=a, compensate=comp))
                            for comp in (True, False) for a in (0.999, 0.99, 0.97)),
-    "d": tuple(_register(f"fp4_w{w}_a{a}", recipes.fp4(**FULL, weight_granularity=w, act_granularity=a))
+    # The full method's own cells (channel x token; E2M1) are fp4_paper itself, named so: their
+    # runs are the (a) runs (same run ids), not trained twice.
+    "d": tuple("fp4_paper" if (w, a) == ("channel", "token") else
+               _register(f"fp4_w{w}_a{a}", recipes.fp4(**FULL, weight_granularity=w, act_granularity=a))
                for w in ("tensor", "channel") for a in ("tensor", "token")),
-    "e": tuple(_register(f"fp4_{e}", recipes.fp4(**FULL, element=e)) for e in ("e2m1fn", "e1m2", "e3m0")),
+    "e": ("fp4_paper",) + tuple(_register(f"fp4_{e}", recipes.fp4(**FULL, element=e)) for e in ("e1m2", "e3m0")),
     # Follow-ups where (a) did not reproduce: which half of the full method costs loss here.
     "parts": (_register("w4a4_dge5", recipes.fp4(dge_k=5)), _register("w4a4_occ99", recipes.fp4(occ_alpha=0.99))),
 }
 # The principled change: a 3x larger learning rate (larger weights and activation outliers, the
 # regime OCC and DGE were designed for), for bf16, plain W4A4 and the full method.
 LR_SWEEP = ("bf16", "w4a4", "fp4_paper")
-# fp4_wchannel_atoken and fp4_e2m1fn are fp4_paper itself: kept as names for the panels, and
 # "all" runs each distinct recipe once.
 
 

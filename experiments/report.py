@@ -1,4 +1,4 @@
-"""Sweep report: ``python -m experiments.report runs/<name> [--out DIR] [--group-by recipe] [--x tokens|step|time]``.
+"""Sweep report: ``python -m experiments.report runs/<name> [--out DIR] [--only REGEX] [--group-by recipe] [--x tokens|step|time]``.
 
 Writes ``report.md``, ``summary.csv`` (one row per run) and PNG figures (loss curves, final loss
 and step time, telemetry heatmap) into ``--out`` (default: the sweep root), from the runs'
@@ -37,11 +37,12 @@ class Layout:
 
 def build(root: str, out: str | None = None, group_by: str | None = None, x: str = "tokens",
           baseline: str | None = None, log_y: bool = False, ylim: tuple[float, float] | None = None,
-          command: str | None = None) -> str:
-    """Writes the report of the sweep at ``root``; returns the path of report.md."""
+          command: str | None = None, only: str | None = None) -> str:
+    """Writes the report of the sweep at ``root`` (only runs whose id matches the regex ``only``);
+    returns the path of report.md."""
     if x not in curves.X_KINDS:
         raise ValueError(f"--x {x!r} is not known; known: {', '.join(curves.X_KINDS)}")
-    sweep = load.load(root)
+    sweep = load.load(root, only)
     out = out or root
     os.makedirs(out, exist_ok=True)
     summaries = [summary.summarize(r) for r in tqdm(sweep.runs, desc="summarizing runs", unit="run")]
@@ -123,6 +124,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--x", default="tokens", choices=curves.X_KINDS, help="x axis of the loss curves")
     p.add_argument("--baseline", default=None,
                    help="the setting step times are compared with, e.g. recipe=bf16 (default: the first setting)")
+    p.add_argument("--only", default=None, help="regex: only runs whose id matches (e.g. 'recipe-w4a8')")
     p.add_argument("--log-y", action="store_true", help="log-scale loss axis")
     p.add_argument("--ylim", type=_ylim, default=None, help="loss axis limits LO,HI")
     return p
@@ -135,7 +137,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="[report] %(message)s")
     try:
         path = build(args.root, args.out, args.group_by, args.x, args.baseline, args.log_y, args.ylim,
-                     command="python -m experiments.report " + shlex.join(argv))
+                     only=args.only, command="python -m experiments.report " + shlex.join(argv))
     except (ValueError, FileNotFoundError) as e:
         p.error(str(e))
     print(path)

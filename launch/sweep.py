@@ -182,12 +182,14 @@ def expand(spec: str, root: str = "runs/sweep") -> list[Run]:
     return runs
 
 
-def varying_axes(runs: list[Run]) -> list[str]:
-    """The override paths whose value differs between runs, in order of first appearance."""
+def varying_axes(runs: list) -> list[str]:
+    """The override paths whose value differs between runs (Runs or their override dicts; a path
+    some runs do not set differs), in order of first appearance."""
+    overrides = [r if isinstance(r, dict) else r.overrides for r in runs]
     paths = []
-    for r in runs:
-        paths += [p for p in r.overrides if p not in paths]
-    return [p for p in paths if len({json.dumps(r.overrides.get(p), default=str) for r in runs}) > 1]
+    for o in overrides:
+        paths += [p for p in o if p not in paths]
+    return [p for p in paths if len({json.dumps(o.get(p), default=str) for o in overrides}) > 1]
 
 
 # ---- manifest ----
@@ -221,7 +223,9 @@ def write_manifest(root: str, spec: str, runs: list[Run]) -> str:
         old = read_manifest(root)
         created = old.get("created", created)
         entries = {**{e["id"]: e for e in old.get("runs", [])}, **entries}
-    manifest = {"config": spec, "created": created, "axes": varying_axes(runs), "runs": list(entries.values()),
+    # The axes of every listed run: a later sweep into the same root may set paths the earlier did not.
+    axes = varying_axes([e.get("overrides", {}) for e in entries.values()])
+    manifest = {"config": spec, "created": created, "axes": axes, "runs": list(entries.values()),
                 "versions": versions(), "git": git_commit()}
     tmp = f"{path}.{socket.gethostname()}.{os.getpid()}.tmp"  # runners on several hosts may write it
     with open(tmp, "w") as f:

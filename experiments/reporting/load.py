@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import re
 
 from tqdm.auto import tqdm
 
@@ -65,8 +66,9 @@ def number(value) -> float:
     return float(value)  # float() reads "nan", "inf" and "-inf" as well
 
 
-def load(root: str) -> Sweep:
-    """The sweep at ``root``; a clear error when it holds no runs."""
+def load(root: str, only: str | None = None) -> Sweep:
+    """The sweep at ``root`` (only the runs whose id matches the regex ``only``, when given); a
+    clear error when it holds no runs."""
     if not os.path.isdir(root):
         raise FileNotFoundError(f"sweep root {root!r} is not a directory")
     manifest_path = os.path.join(root, MANIFEST)
@@ -81,6 +83,17 @@ def load(root: str) -> Sweep:
         entries = [(d, {}) for d in sorted(os.listdir(root)) if os.path.isfile(os.path.join(root, d, "config.json"))]
         log.info("no manifest.json: %d run directories with config.json; axes inferred from their configs",
                  len(entries))
+    if only is not None:
+        try:
+            pattern = re.compile(only)
+        except re.error as e:
+            raise ValueError(f"--only {only!r} is not a regular expression: {e}") from None
+        kept = [(run_id, o) for run_id, o in entries if pattern.search(run_id)]
+        if not kept:
+            raise ValueError(f"--only {only!r} matches none of the {len(entries)} run ids under {root!r} "
+                             f"(e.g. {entries[0][0] if entries else '-'})")
+        log.info("--only %r: %d of %d runs", only, len(kept), len(entries))
+        entries = kept
     if not entries:
         raise ValueError(f"no runs under {root!r}: expected manifest.json listing runs, or subdirectories "
                          f"holding config.json (run directories written by lowprec.train.loop.train)")

@@ -311,3 +311,19 @@ def test_two_axes_give_a_panel_per_value_of_the_first_and_baselines_per_panel():
     assert all(base[s.key] is settings[1] for s in settings)
     lines, panel_axes = axes.split_axes(["model.size", "recipe"], "size")
     assert (lines, panel_axes) == (["model.size"], ["recipe"])
+
+
+def test_only_reports_the_matching_runs_with_the_manifest_record(sweep, tmp_path):
+    out = str(tmp_path / "fp8")
+    report.build(sweep, out=out, only="recipe-fp8")
+    with open(os.path.join(out, "summary.csv")) as f:
+        rows = list(csv.DictReader(f))
+    expected = [rid for rid in manifest_ids(sweep) if "recipe-fp8" in rid]
+    assert len(expected) == 3 and sorted(r["run"] for r in rows) == sorted(expected)
+    text = open(os.path.join(out, "report.md")).read()
+    assert "0123456789abcdef" in text  # the manifest's git commit is still reported
+    assert "recipe=bf16" not in text
+    with pytest.raises(ValueError, match="--only 'recipe-fp16' matches none of the 6 run ids"):
+        report.build(sweep, out=out, only="recipe-fp16")
+    with pytest.raises(ValueError, match="not a regular expression"):
+        report.build(sweep, out=out, only="recipe-(")

@@ -120,3 +120,9 @@ def test_manifest_records_config_runs_versions(spec, tmp_path):
     assert manifest["versions"]["jax"] == jax.__version__
     assert manifest["versions"]["lowprec"] == importlib.metadata.version("lowprec")
     assert manifest["git"] is None or len(manifest["git"]) == 40
+    # A later sweep into the same root holding one value of a new path (runs at a larger lr):
+    # within it nothing varies but the recipe, yet across the root optim.lr does.
+    later = [sweep.Run(r.id + "-lr", {**r.overrides, "optim.lr": 3e-3}, r.config, r.command, r.path + "-lr")
+             for r in runs[:2]]
+    sweep.write_manifest(root, spec, later)
+    assert sweep.read_manifest(root)["axes"] == ["recipe", "mesh.data", "optim.lr"]

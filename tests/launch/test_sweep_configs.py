@@ -1,0 +1,32 @@
+"""The study sweeps under configs/: every sub-sweep expands, names its recipes, and a setting
+shared between sub-sweeps is one run (same id), not two."""
+
+import pytest
+
+from launch import sweep
+
+ABLATION = "configs/fp4_ablation.py"
+
+
+def ids(arg: str, root: str) -> dict:
+    return {r.overrides["recipe"] + f"@{r.overrides.get('optim.lr', '')}/{r.overrides['seed']}": r.id
+            for r in sweep.expand(f"{ABLATION}:{arg}", root)}
+
+
+def test_fp4_ablation_sub_sweeps_share_the_full_method_runs(tmp_path):
+    root = str(tmp_path / "ab")
+    a, d, e = ids("a", root), ids("d", root), ids("e", root)
+    assert len(d) == 8 and len(e) == 6  # 4 granularities and 3 element formats, 2 seeds each
+    for seed in (0, 1):  # the full method's own cells are the (a) run itself
+        assert d[f"fp4_paper@/{seed}"] == a[f"fp4_paper@/{seed}"] == e[f"fp4_paper@/{seed}"]
+    everything = ids("all", root)
+    assert len(set(everything.values())) == len(everything)  # "all" runs each distinct recipe once
+    assert set(a.values()) | set(d.values()) | set(e.values()) <= set(everything.values())
+    lr = ids("lr", root)
+    assert sorted(lr) == sorted(f"{r}@0.003/{s}" for r in ("bf16", "w4a4", "fp4_paper") for s in (0, 1))
+    assert not set(lr.values()) & set(everything.values())
+
+
+def test_fp4_ablation_unknown_sub_sweep_names_the_choices(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown ablation\(s\) \['z'\]; known: a, b, c, d, e, parts"):
+        sweep.expand(f"{ABLATION}:a+z", str(tmp_path))
