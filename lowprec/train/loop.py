@@ -170,6 +170,9 @@ def _train(cfg, run: RunDir, stop: dict, stop_at: int | None) -> dict:
         start = int(state.step)
         metrics.truncate_after(start)
         log.info("resumed at step %d", start)
+    elif dropped := metrics.truncate_after(-1):  # a start with no checkpoint begins the record again
+        log.warning("no checkpoint in %s: starting at step 0; dropped %d metrics records of an earlier start",
+                    run.checkpoints, dropped)
 
     loss_fn = make_loss_fn(graphdef, rest, jax.random.key(cfg.seed + 2))
     state_sh = jax.tree.map(lambda x: x.sharding, state)

@@ -28,15 +28,15 @@ class MetricsWriter:
             else:
                 self._tb = SummaryWriter(tensorboard_dir)
 
-    def truncate_after(self, step: int) -> None:
-        """Drops records with step > ``step`` (left by an interrupted run)."""
+    def truncate_after(self, step: int) -> int:
+        """Drops records with step > ``step`` (left by an interrupted run); returns how many."""
         if not self.enabled:
-            return
+            return 0
         try:
             with open(self.path) as f:
                 lines = f.readlines()
         except FileNotFoundError:
-            return
+            return 0
         kept = []
         for line in lines:
             try:
@@ -46,6 +46,7 @@ class MetricsWriter:
                 break
         with open(self.path, "w") as f:
             f.writelines(kept)
+        return len(lines) - len(kept)
 
     def write(self, step: int, split: str, values: dict) -> None:
         if not self.enabled:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -65,6 +66,13 @@ def test_resume_is_bit_identical(tmp_path):
     assert losses(tmp_path / "b") == losses(tmp_path / "a")
     assert losses(tmp_path / "b", "val") == losses(tmp_path / "a", "val")
     assert RunDir(str(tmp_path / "b")).status()[0] == "done"
+    # A run directory copied without its checkpoints starts again at step 0, and its record with it:
+    # one record per (step, split), as a run trained once holds, not the old ones followed by the new.
+    shutil.rmtree(tmp_path / "b" / "checkpoints")
+    (tmp_path / "b" / "STATUS").write_text("running\ninterrupted (15) at step 7; rerun to resume\n")
+    loop.train(cfg, str(tmp_path / "b"))
+    assert losses(tmp_path / "b") == losses(tmp_path / "a")
+    assert losses(tmp_path / "b", "val") == losses(tmp_path / "a", "val")
 
 
 def test_sharded_mesh_matches_one_device(tmp_path):
