@@ -7,7 +7,10 @@ For each size: the pretraining run of ``configs/finetune_order.py`` (trained unl
 checkpoint), then the sweep of every arm per format (``launch.sweep``: finished runs are skipped,
 interrupted ones resume), then ``experiments.finetune_order_report``. A pretraining directory
 that says done but holds no checkpoint (copied without it) is moved aside, never overwritten,
-and trained again: the arms need its weights. ``--devices`` as for ``launch.sweep`` (one run at a
+and trained again: the arms need its weights. Every arm records the fingerprint of the checkpoint
+it started from; an arm that started from another one (a pretraining trained again) or has no
+record is moved to ``<root>/stale/`` and trained again, so each size's arms start from one
+checkpoint. ``--devices`` as for ``launch.sweep`` (one run at a
 time on one GPU by default).
 """
 
@@ -21,7 +24,9 @@ import sys
 import time
 
 from configs import finetune_order
-from lowprec.train.rundir import RunDir
+from experiments import finetune_order_report
+from lowprec.train import checkpoint
+from lowprec.train.rundir import RunDir, read_metrics
 
 log = logging.getLogger("experiments.finetune_order")
 
@@ -52,6 +57,35 @@ def ensure_pretrained(size: str) -> str:
     return workdir
 
 
+def pretrained_checkpoint(workdir: str) -> str:
+    """The fingerprint of the pretraining run's latest checkpoint (what its fine-tunes load)."""
+    ckpts = os.path.join(workdir, "checkpoints")
+    return checkpoint.fingerprint(ckpts, checkpoint.latest_on_disk(ckpts))
+
+
+def set_aside_stale(sweep_root: str, fingerprint: str, aside_root: str) -> list[str]:
+    """Moves every started arm under ``sweep_root`` that did not start from the checkpoint
+    ``fingerprint`` (another pretraining of the same size, or no record of which) to
+    ``aside_root``, so that the sweep trains it again from this one; returns the moved ids."""
+    moved = []
+    if not os.path.isdir(sweep_root):
+        return moved
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for run_id in sorted(os.listdir(sweep_root)):
+        path = os.path.join(sweep_root, run_id)
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            continue
+        started = finetune_order_report.started_from(read_metrics(os.path.join(path, "metrics.jsonl")))
+        if started == fingerprint:
+            continue
+        os.makedirs(aside_root, exist_ok=True)
+        os.rename(path, os.path.join(aside_root, f"{run_id}.{stamp}"))
+        log.warning("%s started from checkpoint %s, not %s (this pretraining): moved to %s, to be trained again",
+                    path, started or "(not recorded)", fingerprint, aside_root)
+        moved.append(run_id)
+    return moved
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="6m,20m", help=f"comma-separated, of {', '.join(finetune_order.SIZES)}")
@@ -70,13 +104,13 @@ def main(argv=None) -> int:
 
     rc = 0
     for size in sizes:
-        ensure_pretrained(size)
+        start = pretrained_checkpoint(ensure_pretrained(size))
+        log.info("%s: fine-tunes start from checkpoint %s", size, start)
         for fmt in formats:
+            set_aside_stale(os.path.join(root, f"{size}-{fmt}"), start, os.path.join(root, "stale", f"{size}-{fmt}"))
             extra = ["--devices", args.devices] if args.devices else []
             rc |= sweep.main([f"configs/finetune_order.py:{size},{fmt}", "--root", os.path.join(root, f"{size}-{fmt}"),
                               "--refresh", "60", *extra])
-    from experiments import finetune_order_report
-
     finetune_order_report.main([root, "--out", args.out or root])
     return rc
 

@@ -45,6 +45,13 @@ def _arm(run: load.Run) -> tuple[str, str]:
     return "other", "-"
 
 
+def started_from(records: list[dict]) -> str | None:
+    """The fingerprint of the pretrained checkpoint a fine-tune started from (its ``init``
+    record; None for a run that has none: not started, or older than the record)."""
+    found = [r.get("checkpoint") for r in records if r.get("split") == "init"]
+    return found[-1] if found else None
+
+
 def _last(metrics: list[dict]) -> float:
     return load.number(metrics[-1]["loss"]) if metrics else math.nan
 
@@ -62,7 +69,8 @@ def rows(root: str) -> list[dict]:
             label, order = _arm(run)
             out.append({"size": m["size"], "format": m["format"], "arm": label, "order": order, "status": run.status,
                         "steps": run.train[-1]["step"] if run.train else 0,
-                        "val": _last(run.val), "val_quantized": _last(quantized), "run": run.id})
+                        "val": _last(run.val), "val_quantized": _last(quantized),
+                        "pretrained": started_from(records) or "unknown", "run": run.id})
     if not out:
         raise SystemExit(f"error: no <size>-<format> sweeps (e.g. 20m-int4) under {root}")
     order = {label: i for i, (label, _, _) in enumerate(ARMS)}
@@ -117,9 +125,19 @@ def write(root: str, out: str) -> list[dict]:
           "with the targeted weights in the study's format (what is deployed). Lower is better.", "",
           "![fine-tune order](finetune_order.png)", ""]
     for size, fmt in dict.fromkeys((r["size"], r["format"]) for r in table):
-        md += [f"## {size}, {fmt}", "", "| arm | order | status | steps | val | val quantized |", "|---|---|---|---|---|---|"]
-        md += [f"| {r['arm']} | {r['order']} | {r['status']} | {r['steps']} | {_f(r['val'])} | {_f(r['val_quantized'])} |"
-               for r in table if (r["size"], r["format"]) == (size, fmt)]
+        md += [f"## {size}, {fmt}", ""]
+        starts = sorted({r["pretrained"] for r in table if r["size"] == size and r["status"] == "done"})
+        if len(starts) > 1:
+            md += [f"**Warning: the {size} runs did not all start from one pretrained checkpoint** ({', '.join(starts)}): "
+                   "arms from different checkpoints are not compared at equal start. "
+                   "`python -m experiments.finetune_order` trains such arms again.", ""]
+        elif starts == ["unknown"]:
+            md += [f"Which pretrained checkpoint the {size} runs started from is not recorded (runs older than the "
+                   "record): that they all started from the same one is not checked.", ""]
+        md += ["| arm | order | status | steps | val | val quantized | pretrained checkpoint |",
+               "|---|---|---|---|---|---|---|"]
+        md += [f"| {r['arm']} | {r['order']} | {r['status']} | {r['steps']} | {_f(r['val'])} | {_f(r['val_quantized'])} "
+               f"| {r['pretrained']} |" for r in table if (r["size"], r["format"]) == (size, fmt)]
         md.append("")
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write("\n".join(md))

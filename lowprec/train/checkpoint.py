@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 
 import jax
 import orbax.checkpoint as ocp
@@ -43,3 +45,29 @@ class Checkpointer:
 def abstract(tree):
     """ShapeDtypeStructs (with shardings) for restoring into arrays like ``tree``."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+def latest_on_disk(directory: str) -> int | None:
+    """The largest finished step under ``directory`` (numbered subdirectories; orbax's temporary
+    ones are not numbers), read from the file system alone; None without one."""
+    steps = [int(d) for d in os.listdir(directory) if d.isdigit()] if os.path.isdir(directory) else []
+    return max(steps, default=None)
+
+
+def fingerprint(directory: str, step: int) -> str:
+    """A short SHA-256 of checkpoint ``step``'s files under ``directory`` (relative paths and
+    contents): the identity of one saved state. A run trained again from scratch saves other
+    files, so runs that started from its checkpoint can tell which one they started from."""
+    root = os.path.join(directory, str(step))
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"no checkpoint of step {step} in {directory}")
+    digest = hashlib.sha256()
+    for here, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(here, name)
+            digest.update(os.path.relpath(path, root).encode() + b"\0")
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()[:16]

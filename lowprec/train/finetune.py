@@ -27,6 +27,7 @@ from flax import nnx
 from lowprec.nn import assign_recipes, lora
 from lowprec.ops import Recipe
 from lowprec.quant import get_estimator
+from lowprec.train import checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +118,10 @@ def check_init_from(cfg) -> None:
                              f"but this config has {cfg.model[field]!r}; they must match")
 
 
-def load_pretrained(cfg, model: nnx.Module) -> int:
+def load_pretrained(cfg, model: nnx.Module) -> dict:
     """Sets ``model``'s Params from ``finetune.init_from``'s latest checkpoint (cast to the
-    model's dtypes); returns that checkpoint's step."""
+    model's dtypes); returns where they came from: the run, the checkpoint's step and its
+    fingerprint (``checkpoint.fingerprint``), recorded as the fine-tune's ``init`` metrics."""
     from lowprec.train import restore
 
     ft = settings(cfg)
@@ -127,8 +129,11 @@ def load_pretrained(cfg, model: nnx.Module) -> int:
     target = nnx.state(model, nnx.Param)
     # Through the host, as freshly initialized values (uncommitted), so any process can place them on the mesh.
     nnx.update(model, jax.tree.map(lambda p, t: jnp.asarray(np.asarray(p), t.dtype), pre.params, target))
-    log.info("initialized from %s (step %d, policy %s)", ft.init_from, pre.step, pre.cfg.policy)
-    return pre.step
+    source = {"from": ft.init_from, "checkpoint_step": pre.step,
+              "checkpoint": checkpoint.fingerprint(os.path.join(os.path.abspath(ft.init_from), "checkpoints"), pre.step)}
+    log.info("initialized from %s (step %d, checkpoint %s, policy %s)", ft.init_from, pre.step, source["checkpoint"],
+             pre.cfg.policy)
+    return source
 
 
 def adapt(cfg, model: nnx.Module) -> dict:

@@ -114,6 +114,7 @@ class Setup:
     tx: optax.GradientTransformation
     schedule: Any
     full_params: Any      # shapes of the model's Params before adapters (for memory comparisons)
+    init: dict | None = None  # where pretrained Params came from (finetune.load_pretrained)
 
 
 def setup(cfg, mesh, pretrained: bool) -> Setup:
@@ -122,8 +123,7 @@ def setup(cfg, mesh, pretrained: bool) -> Setup:
     if pretrained:
         finetune.check_init_from(cfg)
     mcfg, policy, model = make_model(cfg)
-    if pretrained:
-        finetune.load_pretrained(cfg, model)
+    init = finetune.load_pretrained(cfg, model) if pretrained else None
     full_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.state(model, nnx.Param))
     finetune.adapt(cfg, model)
     graphdef, eval_graphdef, params, frozen, rest = finetune.split(cfg, model)
@@ -135,7 +135,7 @@ def setup(cfg, mesh, pretrained: bool) -> Setup:
     else:
         state = FinetuneState(jnp.zeros((), jnp.int32), params, opt_state, shard(frozen, mesh)[0])
     return Setup(mcfg, policy, graphdef, eval_graphdef, rest, sharding.onto_mesh(state, mesh), tx, schedule,
-                 full_params)
+                 full_params, init)
 
 
 def _train(cfg, run: RunDir, stop: dict, stop_at: int | None) -> dict:
@@ -173,6 +173,8 @@ def _train(cfg, run: RunDir, stop: dict, stop_at: int | None) -> dict:
     elif dropped := metrics.truncate_after(-1):  # a start with no checkpoint begins the record again
         log.warning("no checkpoint in %s: starting at step 0; dropped %d metrics records of an earlier start",
                     run.checkpoints, dropped)
+    if not resuming and built.init is not None:
+        metrics.write(0, "init", built.init)
 
     loss_fn = make_loss_fn(graphdef, rest, jax.random.key(cfg.seed + 2))
     state_sh = jax.tree.map(lambda x: x.sharding, state)

@@ -1,5 +1,6 @@
 """The fine-tune order driver: pretraining only when no checkpoint exists, nothing overwritten."""
 
+import json
 import os
 import subprocess
 
@@ -20,6 +21,8 @@ def fake_training(tmp_path, monkeypatch):
         workdir = cmd[cmd.index("--workdir") + 1]
         calls.append(workdir)
         os.makedirs(os.path.join(workdir, "checkpoints", "2000"), exist_ok=True)
+        with open(os.path.join(workdir, "checkpoints", "2000", "params"), "wb") as f:
+            f.write(os.urandom(64))  # each training saves other weights
         RunDir(workdir).set_status("done")
         return subprocess.CompletedProcess(cmd, 0)
 
@@ -55,3 +58,35 @@ def test_a_failed_pretraining_stops_the_study(tmp_path, monkeypatch):
 def test_bad_arguments_name_the_allowed_values(args, match):
     with pytest.raises(SystemExit, match=f"{match}.*known"):
         driver.main(args)
+
+
+def _arm(sweep_root, run_id, started_from):
+    path = os.path.join(sweep_root, run_id)
+    os.makedirs(path)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump({"finetune": {"mode": "full"}}, f)
+    records = [{"step": 600, "split": "val", "loss": 1.4}]
+    if started_from:
+        records.insert(0, {"step": 0, "split": "init", "from": "x", "checkpoint_step": 2000, "checkpoint": started_from})
+    with open(os.path.join(path, "metrics.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    RunDir(path).set_status("done")
+
+
+def test_arms_from_another_pretraining_are_set_aside(tmp_path, fake_training):
+    first = driver.pretrained_checkpoint(driver.ensure_pretrained("6m"))
+    sweep_root = str(tmp_path / "6m-int4")
+    _arm(sweep_root, "mine", first)
+    os.rename(tmp_path / "pretrain-6m", tmp_path / "pretrain-6m.lost")  # the pretraining is trained again
+    again = driver.pretrained_checkpoint(driver.ensure_pretrained("6m"))
+    assert again != first and len(again) == 16
+    _arm(sweep_root, "current", again)
+    _arm(sweep_root, "unrecorded", None)
+    os.makedirs(os.path.join(sweep_root, "never-started"))  # no config.json: nothing to move
+    moved = driver.set_aside_stale(sweep_root, again, str(tmp_path / "stale"))
+    assert moved == ["mine", "unrecorded"]
+    assert sorted(os.listdir(sweep_root)) == ["current", "never-started"]
+    aside = sorted(os.listdir(tmp_path / "stale"))
+    assert [a.split(".")[0] for a in aside] == ["mine", "unrecorded"]
+    assert (tmp_path / "stale" / aside[0] / "metrics.jsonl").read_text().count("\n") == 2  # moved whole
+    assert driver.set_aside_stale(sweep_root, again, str(tmp_path / "stale")) == []

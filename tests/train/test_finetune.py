@@ -18,7 +18,7 @@ from launch.sweep import expand
 from lowprec import data as lpdata
 from lowprec.models import llama
 from lowprec.train import finetune, loop, restore
-from lowprec.train.checkpoint import Checkpointer, abstract
+from lowprec.train.checkpoint import Checkpointer, abstract, fingerprint
 from lowprec.train.rundir import RunDir, read_metrics
 from .test_train import configure, train_smoke
 
@@ -115,6 +115,10 @@ def test_qlora_resumes_bit_exactly_from_its_own_checkpoint(pretrained, tmp_path)
     assert "resumed at step 2" in (tmp_path / "b" / "log.txt").read_text()
     for split in ("train", "val"):
         assert losses(tmp_path / "b", split) == losses(tmp_path / "a", split) != []
+    # Where the fine-tune started, recorded once: the pretrained run, its step and checkpoint fingerprint.
+    (init,) = [r for r in read_metrics(str(tmp_path / "b" / "metrics.jsonl")) if r["split"] == "init"]
+    assert init == {"step": 0, "split": "init", "from": source, "checkpoint_step": 20,
+                    "checkpoint": fingerprint(os.path.join(pretrained, "checkpoints"), 20)}  # the copy's = the original's
     a = finetune.load_finetuned(str(tmp_path / "a"))
     ckpt = Checkpointer(str(tmp_path / "b" / "checkpoints"), async_save=False)
     b_state, _ = ckpt.restore(ckpt.latest_step(), abstract(a.state))
