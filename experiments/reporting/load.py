@@ -104,7 +104,10 @@ def load(root: str, only: str | None = None) -> Sweep:
             r.overrides = {a: r.value(a) for a in axes}
         runs.sort(key=lambda r: [_order(r.value(a)) for a in axes])
         return Sweep(root, None, None, axes, runs, {}, None, False)
-    return Sweep(root, manifest.get("config"), manifest.get("created"), list(manifest.get("axes", [])), runs,
+    axes = list(manifest.get("axes", []))
+    if only is not None:  # the axes that vary among the runs kept
+        axes = [a for a in axes if len({json.dumps(r.overrides.get(a), default=str) for r in runs}) > 1]
+    return Sweep(root, manifest.get("config"), manifest.get("created"), axes, runs,
                  manifest.get("versions") or {}, manifest.get("git"), True)
 
 

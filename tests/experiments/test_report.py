@@ -323,6 +323,7 @@ def test_only_reports_the_matching_runs_with_the_manifest_record(sweep, tmp_path
     text = open(os.path.join(out, "report.md")).read()
     assert "0123456789abcdef" in text  # the manifest's git commit is still reported
     assert "recipe=bf16" not in text
+    assert "axes | `seed` (seeds)" in text  # recipe no longer varies among the runs kept
     with pytest.raises(ValueError, match="--only 'recipe-fp16' matches none of the 6 run ids"):
         report.build(sweep, out=out, only="recipe-fp16")
     with pytest.raises(ValueError, match="not a regular expression"):
