@@ -97,7 +97,7 @@ def load(root: str, only: str | None = None) -> Sweep:
     if not entries:
         raise ValueError(f"no runs under {root!r}: expected manifest.json listing runs, or subdirectories "
                          f"holding config.json (run directories written by lowprec.train.loop.train)")
-    runs = [_read_run(root, run_id, overrides) for run_id, overrides in tqdm(entries, desc="reading runs", unit="run")]
+    runs = [read_run(root, run_id, overrides) for run_id, overrides in tqdm(entries, desc="reading runs", unit="run")]
     if manifest is None:
         axes = infer_axes([r.config for r in runs])
         for r in runs:
@@ -118,7 +118,8 @@ def _warn_unlisted(root: str, listed: set[str]) -> None:
         log.warning("run directories not in manifest.json are left out: %s", ", ".join(extra))
 
 
-def _read_run(root: str, run_id: str, overrides: dict) -> Run:
+def read_run(root: str, run_id: str, overrides: dict) -> Run:
+    """The run ``<root>/<run_id>`` (status "not started" when its directory does not exist)."""
     path = os.path.join(root, run_id)
     if not os.path.isdir(path):
         return Run(run_id, path, dict(overrides), {}, NOT_STARTED, "", [], [], [], "")
