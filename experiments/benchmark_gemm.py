@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 
 import jax
 import jax.numpy as jnp
@@ -78,11 +79,13 @@ def time_quantiles(tokens: int, d: int, repeats: int) -> dict:
             for q in occ.QUANTILES}
 
 
-def run_shape(name: str, shape, repeats: int) -> list[dict]:
+def run_shape(name: str, shape, repeats: int, labels: list[str] | None = None) -> list[dict]:
+    """One row per recipe label (default: all; the first, bf16, is the baseline of the ratios)."""
     tokens, d_in, d_out = shape
     flops = 3 * 2 * tokens * d_in * d_out
     rows = []
-    for label, recipe in RECIPES.items():
+    for label in labels or list(RECIPES):
+        recipe = RECIPES[label]
         step, args = layer_step(recipe, tokens, d_in, d_out)
         seconds = time_fn(step, *args, repeats=repeats)
         rows.append({"shape": name, "recipe": label, "recipe_line": str(recipe or "nnx.Linear"), "seconds": seconds,
@@ -116,13 +119,19 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="tiny shapes (a CPU check in seconds)")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per case (default 20; 3 with --small)")
+    parser.add_argument("--recipes", default=None,
+                        help=f"regex: only the recipes whose label matches (bf16, the baseline, always runs); "
+                             f"labels: {'; '.join(RECIPES)}")
     parser.add_argument("--out", default="experiments/results/benchmarks/gemm.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     shapes = SMALL_SHAPES if args.small else SHAPES
     repeats = args.repeats or (3 if args.small else 20)
     env = environment()
-    rows = [row for name, shape in shapes.items() for row in run_shape(name, shape, repeats)]
+    labels = [lb for i, lb in enumerate(RECIPES) if i == 0 or args.recipes is None or re.search(args.recipes, lb)]
+    if args.recipes is not None and len(labels) == 1 and not re.search(args.recipes, labels[0]):
+        parser.error(f"--recipes {args.recipes!r} matches no recipe; labels: {'; '.join(RECIPES)}")
+    rows = [row for name, shape in shapes.items() for row in run_shape(name, shape, repeats, labels)]
     tokens, d_in, _ = list(shapes.values())[-1]
     quantiles = time_quantiles(tokens, d_in, repeats)
     write_json(args.out, {"environment": env, "shapes": {k: list(v) for k, v in shapes.items()},

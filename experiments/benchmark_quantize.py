@@ -2,6 +2,10 @@
 
     python -m experiments.benchmark_quantize                 # 1 GiB fp32 tensor (GPU)
     python -m experiments.benchmark_quantize --gib 0.01      # a quick look on a CPU
+    python -m experiments.benchmark_quantize --only mxfp4    # the variants whose name matches
+
+Each variant's output also gets a digest (SHA-256 of its bytes): equal digests under two
+compiler settings (``experiments.xla_flags_study``) mean bit-identical quantization.
 
 Every variant reads the fp32 tensor and writes an fp32 tensor of the same size, like the
 copy it is compared with; the ratio is copy time / quantize time (1.0 = copy speed).
@@ -14,7 +18,9 @@ amax pass is fused away; delayed scaling
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
+import re
 
 import jax
 import jax.numpy as jnp
@@ -54,13 +60,20 @@ def check_bits(x) -> int:
     return int((~same).sum())
 
 
-def main():
+def digest(y) -> str:
+    """A short SHA-256 of an output's bytes (a tuple's first element: the quantized tensor)."""
+    y = y[0] if isinstance(y, tuple) else y
+    return hashlib.sha256(np.ascontiguousarray(np.asarray(y)).tobytes()).hexdigest()[:16]
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gib", type=float, default=1.0, help="size of the fp32 tensor in GiB")
     parser.add_argument("--cols", type=int, default=8192)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--only", default=None, help="regex: only the variants whose name matches")
     parser.add_argument("--out", default="experiments/results/benchmarks/quantize.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
 
     rows = max(64, int(args.gib * 2 ** 30 / 4 / args.cols) // 64 * 64)
@@ -71,10 +84,14 @@ def main():
     t_read = time_fn(jax.jit(lambda v: jnp.max(jnp.abs(v))), x, repeats=args.repeats)
     results = {"copy": {"seconds": t_copy, "GB/s (read+write)": 2 * nbytes / t_copy / 1e9},
                "amax only (read)": {"seconds": t_read, "GB/s (read)": nbytes / t_read / 1e9}}
-    for name, fn in variants(rows, args.cols):
+    chosen = [(n, fn) for n, fn in variants(rows, args.cols) if args.only is None or re.search(args.only, n)]
+    if not chosen:
+        parser.error(f"--only {args.only!r} matches no variant; variants: "
+                     + "; ".join(n for n, _ in variants(rows, args.cols)))
+    for name, fn in chosen:
         t = time_fn(fn, x, repeats=args.repeats)
         results[name] = {"seconds": t, "fraction_of_copy": t_copy / t,
-                         "GB/s (read+write)": 2 * nbytes / t / 1e9}
+                         "GB/s (read+write)": 2 * nbytes / t / 1e9, "digest": digest(fn(x))}
     # Current scaling reads twice (amax, then quantize+write): its ceiling is copy / (copy + read).
     two_pass = t_copy / (t_copy + t_read)
     payload = {"environment": environment(), "tensor": {"shape": [rows, args.cols], "bytes": nbytes},
