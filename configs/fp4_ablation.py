@@ -13,7 +13,8 @@
 - (d) granularity in the full method: weights {tensor, channel} x activations {tensor, token};
 - (e) the FP4 element format in the full method: E2M1 vs E1M2 vs E3M0;
 - ``parts``: W4A4 with DGE only and with OCC only (which half of the full method matters);
-- ``lr``: bf16, W4A4 and the full method at a 3x larger learning rate (more outliers).
+- ``lr``: bf16, W4A4 and the full method at a 3x larger learning rate (more outliers);
+- ``dge_lr``: W4A8 with STE and with DGE (k = 5) at a 3x smaller learning rate.
 
 Every setting is a named recipe registered below (so run names, logs and reports read
 ``w4a8_dge5``, not a Recipe dump); the run configuration is ``configs/precision.py``'s: the
@@ -53,6 +54,9 @@ SWEEPS = {
 # The principled change: a 3x larger learning rate (larger weights and activation outliers, the
 # regime OCC and DGE were designed for), for bf16, plain W4A4 and the full method.
 LR_SWEEP = ("bf16", "w4a4", "fp4_paper")
+# Where DGE trails STE (b): a 3x smaller learning rate, at which weights cross quantization
+# intervals less often (if DGE's step-size modulation is what costs, the gap shrinks).
+DGE_LR_SWEEP = ("w4a8", "w4a8_dge5")
 # "all" runs each distinct recipe once.
 
 
@@ -64,10 +68,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 def get_sweep(arg: str | None = None) -> list[dict]:
     if arg == "lr":
         return product(axis("recipe", LR_SWEEP), axis("optim.lr", [3e-3]), seeds(2))
+    if arg == "dge_lr":
+        return product(axis("recipe", DGE_LR_SWEEP), axis("optim.lr", [3e-4]), seeds(2))
     letters = list(SWEEPS) if (arg or "all") == "all" else arg.split("+")
     unknown = [x for x in letters if x not in SWEEPS]
     if unknown:
-        raise ValueError(f"unknown ablation(s) {unknown}; known: {', '.join(SWEEPS)}, lr, all, or a+b+...")
+        raise ValueError(f"unknown ablation(s) {unknown}; known: {', '.join(SWEEPS)}, lr, dge_lr, all, or a+b+...")
     return product(axis("recipe", distinct([n for x in letters for n in SWEEPS[x]])), seeds(2))
 
 

@@ -2,7 +2,7 @@
 
     python -m experiments.fp4_ablation_report runs/fp4_ablation --out experiments/results/fp4_ablation --figures
 
-Reads the runs of every sub-sweep of ``configs/fp4_ablation.py`` (a-e, parts, lr) from the sweep
+Reads the runs of every sub-sweep of ``configs/fp4_ablation.py`` (a-e, parts, lr, dge_lr) from the sweep
 root and writes into ``--out``: ``report.md`` (the claims of the FP4 paper's ablations,
 REFERENCE.md §3.1, each checked against the runs, then a table of final validation losses per
 sub-sweep) and ``claims.csv``; with ``--figures`` also the full sweep report of each sub-sweep
@@ -28,7 +28,8 @@ from launch import sweep
 SPEC = "configs/fp4_ablation.py"
 SUBSWEEPS = {"a": "precision", "b": "weights only, W4A8: STE vs DGE", "c": "activations only, W8A4: direct vs OCC",
              "d": "granularity (full method)", "e": "FP4 element format (full method)",
-             "parts": "which half of the full method", "lr": "3x learning rate"}
+             "parts": "which half of the full method", "lr": "3x learning rate",
+             "dge_lr": "W4A8, STE vs DGE at a 3x smaller learning rate"}
 METHOD = ("A claim compares the final validation loss (nats per byte) of settings, mean ± half-range over "
           "seeds. \"A < B\" holds when A's mean is below B's; it is *clear* when every seed agrees (A below B "
           "for each seed: same seed, same initialization and data order), else *mixed across seeds*. \"A ≈ B\" "

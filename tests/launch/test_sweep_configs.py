@@ -25,8 +25,10 @@ def test_fp4_ablation_sub_sweeps_share_the_full_method_runs(tmp_path):
     lr = ids("lr", root)
     assert sorted(lr) == sorted(f"{r}@0.003/{s}" for r in ("bf16", "w4a4", "fp4_paper") for s in (0, 1))
     assert not set(lr.values()) & set(everything.values())
+    dge_lr = ids("dge_lr", root)
+    assert sorted(dge_lr) == sorted(f"{r}@0.0003/{s}" for r in ("w4a8", "w4a8_dge5") for s in (0, 1))
 
 
 def test_fp4_ablation_unknown_sub_sweep_names_the_choices(tmp_path):
-    with pytest.raises(ValueError, match=r"unknown ablation\(s\) \['z'\]; known: a, b, c, d, e, parts"):
+    with pytest.raises(ValueError, match=r"unknown ablation\(s\) \['z'\]; known: a, b, c, d, e, parts, lr, dge_lr"):
         sweep.expand(f"{ABLATION}:a+z", str(tmp_path))
