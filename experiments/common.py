@@ -7,6 +7,7 @@ import datetime
 import glob
 import gzip
 import json
+import logging
 import os
 import platform
 import sys
@@ -15,6 +16,13 @@ import time
 import jax
 import jaxlib
 import numpy as np
+
+
+def cli_logging(fmt: str = "%(asctime)s %(name)s: %(message)s", level: int = logging.INFO) -> None:
+    """INFO logging to stderr for a command-line script. Replaces the root handlers that an
+    import may have installed (orbax does), which would otherwise make ``basicConfig`` a no-op
+    and leave the root at WARNING: the script's INFO lines would be lost."""
+    logging.basicConfig(level=level, format=fmt, force=True)
 
 
 def time_fn(fn, *args, warmup: int = 3, repeats: int = 20) -> float:

@@ -25,6 +25,7 @@ import time
 
 from configs import finetune_order
 from experiments import finetune_order_report
+from experiments.common import cli_logging
 from lowprec.train import checkpoint
 from lowprec.train.rundir import RunDir, read_metrics
 
@@ -93,7 +94,7 @@ def main(argv=None) -> int:
     parser.add_argument("--devices", default="", help="GPU slots for the arms' sweeps (see launch.sweep)")
     parser.add_argument("--out", default="", help="report directory (default: the study's root)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[finetune_order] %(message)s")
+    cli_logging("[finetune_order] %(message)s")
     sizes, formats = [s for s in args.sizes.split(",") if s], [f for f in args.formats.split(",") if f]
     for name, chosen, known in (("size", sizes, finetune_order.SIZES), ("format", formats, finetune_order.FORMATS)):
         bad = [c for c in chosen if c not in known]

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from experiments.common import environment
+from experiments.common import cli_logging, environment
 from launch.sweep import apply_overrides, load_sweep
 from lowprec import data as lpdata
 from lowprec import ptq
@@ -192,7 +192,7 @@ def main(argv=None):
     parser.add_argument("--merge", nargs="+", default=[], metavar="DIR",
                         help="no quantization: merge the results.json of these directories into --out's report")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    cli_logging()
     if args.merge:
         return merge(args.merge, args.out)
     try:

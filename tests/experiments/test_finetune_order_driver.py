@@ -90,3 +90,21 @@ def test_arms_from_another_pretraining_are_set_aside(tmp_path, fake_training):
     assert [a.split(".")[0] for a in aside] == ["mine", "unrecorded"]
     assert (tmp_path / "stale" / aside[0] / "metrics.jsonl").read_text().count("\n") == 2  # moved whole
     assert driver.set_aside_stale(sweep_root, again, str(tmp_path / "stale")) == []
+
+
+def test_the_driver_logs_at_info_after_an_import_installed_a_root_handler(capsys):
+    import logging
+
+    from experiments.common import cli_logging
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    root.handlers[:] = [logging.NullHandler()]  # what importing orbax does: basicConfig alone would do nothing
+    root.setLevel(logging.WARNING)
+    try:
+        cli_logging("[finetune_order] %(message)s")
+        driver.log.info("fine-tunes start from checkpoint %s", "abc")
+        assert "[finetune_order] fine-tunes start from checkpoint abc" in capsys.readouterr().err
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
