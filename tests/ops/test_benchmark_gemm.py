@@ -31,3 +31,24 @@ def test_recipes_filter_keeps_the_baseline(tmp_path):
         assert e.code == 2
     else:
         raise AssertionError("an unknown recipe label must be an error")
+
+
+def test_transpose_benchmark_variants_give_the_same_bits(tmp_path):
+    import numpy as np
+
+    from experiments import benchmark_transpose
+
+    out = tmp_path / "t.json"
+    benchmark_transpose.main(["--rows", "64", "--cols", "96", "--repeats", "1", "--out", str(out)])
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"copy (bf16)", *benchmark_transpose.variants()}
+    assert all(r["same_bits"] and r["seconds"] > 0 for k, r in results.items() if k != "copy (bf16)")
+    # The reference itself, independently: E4M3 of x * 16 through ml_dtypes, transposed.
+    import jax
+    import jax.numpy as jnp
+    import ml_dtypes
+
+    x = jax.random.normal(jax.random.key(0), (64, 96), jnp.bfloat16)
+    ref = (np.asarray(x).astype(np.float32) * 16).astype(ml_dtypes.float8_e4m3fn).T
+    fused = benchmark_transpose.variants()["fused: transpose(quantize(x))"](x, jnp.float32(16.0))
+    np.testing.assert_array_equal(np.asarray(fused).view(np.uint8), ref.view(np.uint8))
