@@ -9,6 +9,8 @@ scale 1.
 
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -19,10 +21,41 @@ SCALE_RULES = ("fp32", "pow2_floor", "pow2_ceil", "pow2_nearest")
 _E8M0 = get("e8m0fnu")
 
 
+BLOCK_AMAX = ("reduce", "slices")
+_block_amax = ["reduce"]
+MAX_SLICED_BLOCK = 64
+
+
+@contextlib.contextmanager
+def block_amax(how: str):
+    """How ``amax`` of small blocks along the last axis (MX 32, NVFP4 16, NF4 64) is traced
+    within the block: ``"reduce"`` (a reduction; XLA emits it as its own pass over the data) or
+    ``"slices"`` (an elementwise max over the block's slices, which XLA can fuse into the
+    quantization that consumes it: one pass, each element reading its block again from cache).
+    Both give the same bits (max is exact); which is faster depends on the compiler and device
+    (``experiments.benchmark_quantize`` times both). The choice is made when a function is
+    traced: enter the context inside the jitted function (a function jit has already traced
+    keeps what it traced)."""
+    if how not in BLOCK_AMAX:
+        raise ValueError(f"unknown block amax {how!r}; known: {', '.join(BLOCK_AMAX)}")
+    _block_amax.append(how)
+    try:
+        yield
+    finally:
+        _block_amax.pop()
+
+
 def amax(xg, reduce_axes) -> jax.Array:
     """Largest finite magnitude over ``reduce_axes`` (kept as size-1 dims), in fp32."""
     a = jnp.abs(xg.astype(jnp.float32))
-    return jnp.max(jnp.where(jnp.isfinite(a), a, 0.0), axis=reduce_axes, keepdims=True)
+    a = jnp.where(jnp.isfinite(a), a, 0.0)
+    n = xg.shape[-1] if xg.ndim else 0
+    if _block_amax[-1] == "slices" and tuple(reduce_axes) == (xg.ndim - 1,) and 1 < n <= MAX_SLICED_BLOCK:
+        m = a[..., 0:1]
+        for j in range(1, n):
+            m = jnp.maximum(m, a[..., j:j + 1])
+        return m
+    return jnp.max(a, axis=reduce_axes, keepdims=True)
 
 
 def check_rule(rule) -> None:
