@@ -32,6 +32,7 @@ RECIPES = {  # the first is the baseline of the ratios; None is plain nnx.Linear
     "bf16": recipes.bf16,
     "nnx.Linear bf16 (reference)": None,
     "fp8": recipes.fp8,
+    "fp8 (separate transposes)": recipes.fp8.replace(fp8_transposes="separate", name="fp8_separate_transposes"),
     "fp4_paper (approx quantile)": recipes.fp4(dge_k=5, occ_alpha=0.99, quantile="approx", name="fp4_paper_approx"),
     "fp4_paper (exact quantile)": recipes.fp4_paper,
     "fp4_paper (approx, fused compensation)": recipes.fp4(dge_k=5, occ_alpha=0.99, quantile="approx",
@@ -98,7 +99,7 @@ def run_shape(name: str, shape, repeats: int, labels: list[str] | None = None) -
 
 
 def verdict(row: dict) -> str:
-    if row["recipe"] == "fp8":
+    if row["recipe"].startswith("fp8"):
         return f"target >= {FP8_SPEEDUP_TARGET}x: {'met' if row['speedup_vs_bf16'] >= FP8_SPEEDUP_TARGET else 'missed'}"
     if row["recipe"] == "fp4_paper (approx quantile)":
         met = row["time_vs_bf16"] <= FP4_SLOWDOWN_TARGET

@@ -47,19 +47,11 @@ def variants(rows: int, cols: int):
         ("e2m1fn per-token (scale per row)", jax.jit(lp.Quantizer("e2m1fn", "token"))),
         ("mxfp4 (e2m1fn, blocks of 32, E8M0)", jax.jit(lp.quant.presets.MXFP4)),
         ("mxfp8 e4m3 (blocks of 32, E8M0)", jax.jit(lp.quant.presets.MXFP8_E4M3)),
-        # The same quantizers with the block amax traced as an elementwise max over the block's
-        # slices (scaling.block_amax): same bits, possibly one pass instead of two.
-        ("mxfp4, block amax by slices", jax.jit(sliced(lp.quant.presets.MXFP4))),
-        ("mxfp8 e4m3, block amax by slices", jax.jit(sliced(lp.quant.presets.MXFP8_E4M3))),
+        # The same quantizers with the block amax traced as an elementwise max of the block's
+        # slices (Quantizer.block_amax): same bits, possibly one pass instead of two.
+        ("mxfp4, block amax by slices", jax.jit(lp.quant.presets.MXFP4.replace(block_amax="slices"))),
+        ("mxfp8 e4m3, block amax by slices", jax.jit(lp.quant.presets.MXFP8_E4M3.replace(block_amax="slices"))),
     ]
-
-
-def sliced(quantizer):
-    """``quantizer`` traced with its block amax as an elementwise max of slices."""
-    def fn(x):
-        with lp.quant.scaling.block_amax("slices"):
-            return quantizer(x)
-    return fn
 
 
 def check_bits(x) -> int:

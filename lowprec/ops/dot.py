@@ -67,7 +67,8 @@ class _Config:
     def gemm(self, a, b, dn, role, dtype=None, out_dtype=None):
         r = self.recipe
         return gemm(a, b, dn, role=role, compute_dtype=dtype or self.compute_dtype, accum_dtype=r.accum_dtype,
-                    native_fp8=r.native_fp8, precision=self.precision, out_dtype=out_dtype)
+                    native_fp8=r.native_fp8, precision=self.precision, out_dtype=out_dtype,
+                    fp8_transposes=r.fp8_transposes)
 
 
 class _Saved(NamedTuple):

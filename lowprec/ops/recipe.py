@@ -16,6 +16,7 @@ ROLES = ("fwd_act", "fwd_weight", "dgrad_grad", "dgrad_weight", "wgrad_grad", "w
 REUSED_ROLES = {"dgrad_weight": "fwd_weight", "wgrad_act": "fwd_act"}
 COMPENSATIONS = ("separate", "fused")
 NATIVE_FP8 = ("auto", "off", "on")
+FP8_TRANSPOSES = ("fused", "separate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +39,10 @@ class Recipe:
     ``native_fp8``: ``"auto"`` runs GEMMs whose operands are exact FP8 values with factorable
     scales on FP8 tensor cores when the device has them; ``"off"`` always simulates; ``"on"``
     emits the FP8 pattern on any backend (XLA upcasts where there are no FP8 units).
+    ``fp8_transposes``: how an FP8 operand is brought into cuBLASLt's layout when it needs a
+    transpose (the weight forward, both operands of the weight gradient): ``"fused"`` (XLA
+    fuses the transpose into the quantization) or ``"separate"`` (the quantization first, then
+    a plain 1-byte transpose); same bits, speed depends on the device (benchmark_gemm).
     """
 
     fwd_act: Quantizer | None = None
@@ -52,6 +57,7 @@ class Recipe:
     out_dtype: str | None = None
     compensation: str = "separate"
     native_fp8: str = "auto"
+    fp8_transposes: str = "fused"
     name: str | None = dataclasses.field(default=None, compare=False)
 
     def __post_init__(self):
@@ -75,6 +81,7 @@ class Recipe:
                 object.__setattr__(self, field, _dtype_name(field, value))
         _choice("compensation", self.compensation, COMPENSATIONS)
         _choice("native_fp8", self.native_fp8, NATIVE_FP8)
+        _choice("fp8_transposes", self.fp8_transposes, FP8_TRANSPOSES)
 
     def quantizer(self, role: str) -> Quantizer | None:
         """The quantizer a role uses (with ``reuse_forward``, the forward one it reuses)."""
@@ -108,6 +115,8 @@ class Recipe:
             parts.append(f"compensation={self.compensation}")
         if self.native_fp8 != "auto":
             parts.append(f"native_fp8={self.native_fp8}")
+        if self.fp8_transposes != "fused":
+            parts.append(f"fp8_transposes={self.fp8_transposes}")
         return f"Recipe {self.name or 'custom'}: " + " ".join(parts)
 
 

@@ -38,7 +38,8 @@ class Quantizer:
     compensation GEMM belong to the ops layer, through ``occ.clamp``). The gradient treats the
     clamp as the identity: every entry, outliers included, gets the estimator's derivative at
     its clamped scaled value, as in the FP4 paper, whose backward GEMMs use the quantized
-    operands and so lose nothing at the clamp.
+    operands and so lose nothing at the clamp. ``block_amax``: ``"reduce"`` or ``"slices"``, how
+    a small block's amax is traced (same bits; see ``scaling.amax``).
     """
 
     format: Format | str
@@ -53,6 +54,7 @@ class Quantizer:
     random_bits: int | None = None
     double_quant: Quantizer | None = None
     occ: occ_lib.OCC | None = None
+    block_amax: str = "reduce"
 
     def __post_init__(self):
         object.__setattr__(self, "format", get(self.format))
@@ -64,6 +66,7 @@ class Quantizer:
         _choice("source", self.source, SOURCES)
         _choice("rounding", self.rounding, ROUNDING_MODES)
         _choice("overflow", self.overflow, OVERFLOW_POLICIES)
+        _choice("block_amax", self.block_amax, scaling.BLOCK_AMAX)
         if self.tensor_scale and self.scale in scaling.SCALE_RULES:
             raise ValueError("tensor_scale=True needs scale=<a format for the group scales>, e.g. 'e4m3fn'")
         if self.double_quant is not None and not isinstance(self.double_quant, Quantizer):
@@ -76,7 +79,7 @@ class Quantizer:
     def __str__(self) -> str:
         parts = [self.format.name, str(self.granularity), f"scale={self.scale}"]
         for field, default in (("source", "absmax"), ("rounding", "nearest_even"), ("estimator", "ste"),
-                               ("overflow", "saturate")):
+                               ("overflow", "saturate"), ("block_amax", "reduce")):
             if str(getattr(self, field)) != default:
                 parts.append(f"{field}={getattr(self, field)}")
         if self.tensor_scale:
@@ -94,7 +97,7 @@ class Quantizer:
     def amax(self, x) -> jax.Array:
         """The current amax of each scale group (what a delayed-scaling history records)."""
         xg, axes = self.granularity.to_groups(self._clamped(jnp.asarray(x)))
-        return scaling.amax(xg, axes)
+        return scaling.amax(xg, axes, self.block_amax)
 
     def _clamped(self, x):
         """``x`` with its outliers clamped when ``occ`` is set."""
@@ -106,14 +109,14 @@ class Quantizer:
             shape = [1 if d in axes else n for d, n in enumerate(xg.shape)]
             return jnp.full(shape, self.fixed_scale, jnp.float32), None, None
         if self.tensor_scale:
-            group, ts = scaling.two_level_scale(xg, axes, self.format, get(self.scale))
+            group, ts = scaling.two_level_scale(xg, axes, self.format, get(self.scale), self.block_amax)
         else:
             if self.source == "delayed":
                 if amax_history is None:
                     raise ValueError("source='delayed' needs amax_history=... (see update_amax_history)")
-                am = jnp.max(amax_history, axis=0).reshape(scaling.amax(xg, axes).shape)
+                am = jnp.max(amax_history, axis=0).reshape(scaling.amax(xg, axes, self.block_amax).shape)
             else:
-                am = scaling.amax(xg, axes)
+                am = scaling.amax(xg, axes, self.block_amax)
             group, ts = scaling.scale_from_amax(am, self.format, self.scale), None
         dq = None
         if self.double_quant is not None:

@@ -9,8 +9,6 @@ scale 1.
 
 from __future__ import annotations
 
-import contextlib
-
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -22,35 +20,24 @@ _E8M0 = get("e8m0fnu")
 
 
 BLOCK_AMAX = ("reduce", "slices")
-_block_amax = ["reduce"]
 MAX_SLICED_BLOCK = 64
 
 
-@contextlib.contextmanager
-def block_amax(how: str):
-    """How ``amax`` of small blocks along the last axis (MX 32, NVFP4 16, NF4 64) is traced
-    within the block: ``"reduce"`` (a reduction; XLA emits it as its own pass over the data) or
+def amax(xg, reduce_axes, block: str = "reduce") -> jax.Array:
+    """Largest finite magnitude over ``reduce_axes`` (kept as size-1 dims), in fp32.
+
+    ``block``: how the amax of a small block along the last axis (MX 32, NVFP4 16, NF4 64) is
+    traced: ``"reduce"`` (a reduction; XLA emits it as a pass of its own over the data) or
     ``"slices"`` (an elementwise max over the block's slices, which XLA can fuse into the
     quantization that consumes it: one pass, each element reading its block again from cache).
     Both give the same bits (max is exact); which is faster depends on the compiler and device
-    (``experiments.benchmark_quantize`` times both). The choice is made when a function is
-    traced: enter the context inside the jitted function (a function jit has already traced
-    keeps what it traced)."""
-    if how not in BLOCK_AMAX:
-        raise ValueError(f"unknown block amax {how!r}; known: {', '.join(BLOCK_AMAX)}")
-    _block_amax.append(how)
-    try:
-        yield
-    finally:
-        _block_amax.pop()
-
-
-def amax(xg, reduce_axes) -> jax.Array:
-    """Largest finite magnitude over ``reduce_axes`` (kept as size-1 dims), in fp32."""
+    (``experiments.benchmark_quantize`` times both). Other groups always reduce."""
+    if block not in BLOCK_AMAX:
+        raise ValueError(f"unknown block amax {block!r}; known: {', '.join(BLOCK_AMAX)}")
     a = jnp.abs(xg.astype(jnp.float32))
     a = jnp.where(jnp.isfinite(a), a, 0.0)
     n = xg.shape[-1] if xg.ndim else 0
-    if _block_amax[-1] == "slices" and tuple(reduce_axes) == (xg.ndim - 1,) and 1 < n <= MAX_SLICED_BLOCK:
+    if block == "slices" and tuple(reduce_axes) == (xg.ndim - 1,) and 1 < n <= MAX_SLICED_BLOCK:
         m = a[..., 0:1]
         for j in range(1, n):
             m = jnp.maximum(m, a[..., j:j + 1])
@@ -100,13 +87,14 @@ def scale_from_amax(am, fmt: Format, rule) -> jax.Array:
     return jnp.where(zero, 1.0, s)
 
 
-def two_level_scale(xg, reduce_axes, fmt: Format, scale_fmt: Format) -> tuple[jax.Array, jax.Array]:
+def two_level_scale(xg, reduce_axes, fmt: Format, scale_fmt: Format,
+                    block: str = "reduce") -> tuple[jax.Array, jax.Array]:
     """NVFP4-style scales: an fp32 tensor scale times per-group scales held in ``scale_fmt``.
 
     Returns ``(group_scale_values, tensor_scale)``; the effective scale is their product and
-    ``group_scale_values`` lie on ``scale_fmt``'s grid.
+    ``group_scale_values`` lie on ``scale_fmt``'s grid. ``block``: as for ``amax``.
     """
-    am = amax(xg, reduce_axes)
+    am = amax(xg, reduce_axes, block)
     t_am = jnp.max(am)
     tensor_scale = jnp.where(t_am > 0, exact_div(t_am, fmt.max * scale_fmt.max), 1.0)
     group = scale_from_amax(exact_div(am, tensor_scale), fmt, scale_fmt)

@@ -89,6 +89,30 @@ def test_native_pattern_computes_what_the_simulation_computes(name, rand):
         np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=1e-2, atol=1e-2)
 
 
+def test_separate_fp8_transposes_change_the_program_not_the_bits(rand):
+    """Recipe(fp8_transposes="separate"): an optimization barrier before each FP8 operand that
+    needs a transpose for the NT layout (the weight forward, both operands of the weight
+    gradient); the same bits as the fused default."""
+    x, w, g = rand(0, (64, 32), jnp.bfloat16), rand(1, (32, 48), jnp.bfloat16), rand(2, (64, 48), jnp.bfloat16)
+
+    def step(recipe):
+        def run(x, w, g):
+            y, vjp = jax.vjp(lambda a, b: dot_general(a, b, DN, recipe), x, w)
+            return (y,) + vjp(g)
+        return jax.jit(run)
+
+    fused = step(recipes.fp8.replace(native_fp8="on"))
+    separate = step(recipes.fp8.replace(native_fp8="on", fp8_transposes="separate"))
+    barriers = {k: f.lower(x, w, g).as_text().count("optimization_barrier") for k, f in
+                (("fused", fused), ("separate", separate))}
+    assert barriers["separate"] == barriers["fused"] + 3  # (scaling keeps barriers of its own)
+    for a, b in zip(fused(x, w, g), separate(x, w, g), strict=True):
+        np.testing.assert_array_equal(np.asarray(a).view(np.uint16), np.asarray(b).view(np.uint16))
+    assert "fp8_transposes=separate" in str(recipes.fp8.replace(fp8_transposes="separate"))
+    with pytest.raises(ValueError, match="unknown Recipe.fp8_transposes 'eager'; known: fused, separate"):
+        recipes.fp8.replace(fp8_transposes="eager")
+
+
 def test_native_pattern_feeds_fp8_operands_to_nt_dots():
     """What XLA rewrites into cuBLASLt's FP8 GEMM on Hopper: dots of float8 operands that both
     contract their last dim, here for the forward and both backward GEMMs of the fp8 recipe."""

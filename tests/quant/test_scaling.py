@@ -106,27 +106,26 @@ def test_unknown_rule_lists_the_known_ones():
 
 @pytest.mark.parametrize("name", ["MXFP4", "MXFP8_E4M3", "NVFP4", "NF4"])
 def test_block_amax_by_slices_gives_the_same_bits(name):
-    """scaling.block_amax("slices") traces a block's amax as an elementwise max of its slices
-    (no reduce in the program): codes, scales and fake-quantized values are the same bits."""
+    """Quantizer(block_amax="slices") traces a block's amax as an elementwise max of its slices
+    (no reduce for it in the program): codes, scales and fake-quantized values are the same bits."""
     import jax
 
     from lowprec.quant import presets
 
     q = getattr(presets, name)
+    qs = q.replace(block_amax="slices")
+    assert "block_amax=slices" in str(qs) and "block_amax" not in str(q)
     x = jax.random.normal(jax.random.key(3), (48, 320), jnp.float32) * 5.0
     x = x.at[2, 7].set(jnp.inf).at[5, 100].set(-jnp.inf).at[9, 64:128].set(0.0).at[11, 3].set(1e-30)
-
-    def sliced(fn):
-        def run(v):
-            with scaling.block_amax("slices"):
-                return fn(v)
-        return run
-
-    for fn in (q, lambda v: q.quantize(v).codes, lambda v: q.quantize(v).dequantize()):
-        plain, other = jax.jit(fn)(x), jax.jit(sliced(fn))(x)
+    for fn in (lambda q, v: q(v), lambda q, v: q.quantize(v).codes, lambda q, v: q.quantize(v).dequantize()):
+        plain, other = jax.jit(lambda v: fn(q, v))(x), jax.jit(lambda v: fn(qs, v))(x)
         np.testing.assert_array_equal(np.asarray(plain).view(np.uint8), np.asarray(other).view(np.uint8))
-    text = jax.jit(sliced(lambda v: scaling.amax(v.reshape(48, 10, 32), (2,)))).lower(x).as_text()
-    assert "reduce" not in text and "maximum" in text
+    # The programs differ as intended: one reduction fewer (the block amax's).
+    reduces = {k: jax.jit(lambda v, k=k: k(v)).lower(x).as_text().count("stablehlo.reduce") for k in (q, qs)}
+    assert reduces[qs] < reduces[q]
+    blocks = jax.jit(lambda v: scaling.amax(v.reshape(48, 10, 32), (2,), "slices")).lower(x).as_text()
+    assert "reduce" not in blocks and "maximum" in blocks
+    with pytest.raises(ValueError, match="unknown block_amax 'tree'; known: reduce, slices"):
+        q.replace(block_amax="tree")
     with pytest.raises(ValueError, match="unknown block amax 'tree'; known: reduce, slices"):
-        with scaling.block_amax("tree"):
-            pass
+        scaling.amax(x, (1,), "tree")
