@@ -34,8 +34,7 @@ log = logging.getLogger("experiments.finetune_order")
 
 def has_checkpoint(workdir: str) -> bool:
     """Whether ``workdir`` holds a finished orbax checkpoint step (a numbered directory)."""
-    ckpts = os.path.join(workdir, "checkpoints")
-    return os.path.isdir(ckpts) and any(d.isdigit() for d in os.listdir(ckpts))
+    return checkpoint.latest_on_disk(os.path.join(workdir, "checkpoints")) is not None
 
 
 def ensure_pretrained(size: str) -> str:

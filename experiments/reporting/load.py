@@ -12,6 +12,7 @@ import re
 
 from tqdm.auto import tqdm
 
+from launch.sweep import varying_axes
 from lowprec.train.rundir import RunDir, read_metrics
 
 MANIFEST = "manifest.json"
@@ -106,7 +107,8 @@ def load(root: str, only: str | None = None) -> Sweep:
         return Sweep(root, None, None, axes, runs, {}, None, False)
     axes = list(manifest.get("axes", []))
     if only is not None:  # the axes that vary among the runs kept
-        axes = [a for a in axes if len({json.dumps(r.overrides.get(a), default=str) for r in runs}) > 1]
+        varying = varying_axes([r.overrides for r in runs])
+        axes = [a for a in axes if a in varying]
     return Sweep(root, manifest.get("config"), manifest.get("created"), axes, runs,
                  manifest.get("versions") or {}, manifest.get("git"), True)
 

@@ -105,8 +105,8 @@ class Quantizer:
 
     def _scales(self, xg, axes, amax_history, key):
         """(scale for each group, tensor scale or None, double-quantized scale QTensor or None)."""
+        shape = [1 if d in axes else n for d, n in enumerate(xg.shape)]  # one scale per group
         if self.source == "fixed":
-            shape = [1 if d in axes else n for d, n in enumerate(xg.shape)]
             return jnp.full(shape, self.fixed_scale, jnp.float32), None, None
         if self.tensor_scale:
             group, ts = scaling.two_level_scale(xg, axes, self.format, get(self.scale), self.block_amax)
@@ -114,7 +114,7 @@ class Quantizer:
             if self.source == "delayed":
                 if amax_history is None:
                     raise ValueError("source='delayed' needs amax_history=... (see update_amax_history)")
-                am = jnp.max(amax_history, axis=0).reshape(scaling.amax(xg, axes, self.block_amax).shape)
+                am = jnp.max(amax_history, axis=0).reshape(shape)
             else:
                 am = scaling.amax(xg, axes, self.block_amax)
             group, ts = scaling.scale_from_amax(am, self.format, self.scale), None
