@@ -219,13 +219,17 @@ def write_manifest(root: str, spec: str, runs: list[Run]) -> str:
     path = os.path.join(root, MANIFEST)
     entries = {r.id: {"id": r.id, "overrides": r.overrides, "command": r.command} for r in runs}
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    specs = [spec]
     if os.path.exists(path):
         old = read_manifest(root)
         created = old.get("created", created)
         entries = {**{e["id"]: e for e in old.get("runs", [])}, **entries}
+        # Every sweep config that wrote into this root, in order ("a.py:all + a.py:lr").
+        earlier = [s for s in old.get("config", "").split(" + ") if s]
+        specs = earlier + ([] if spec in earlier else [spec])
     # The axes of every listed run: a later sweep into the same root may set paths the earlier did not.
     axes = varying_axes([e.get("overrides", {}) for e in entries.values()])
-    manifest = {"config": spec, "created": created, "axes": axes, "runs": list(entries.values()),
+    manifest = {"config": " + ".join(specs), "created": created, "axes": axes, "runs": list(entries.values()),
                 "versions": versions(), "git": git_commit()}
     tmp = f"{path}.{socket.gethostname()}.{os.getpid()}.tmp"  # runners on several hosts may write it
     with open(tmp, "w") as f:

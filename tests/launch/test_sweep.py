@@ -126,3 +126,15 @@ def test_manifest_records_config_runs_versions(spec, tmp_path):
              for r in runs[:2]]
     sweep.write_manifest(root, spec, later)
     assert sweep.read_manifest(root)["axes"] == ["recipe", "mesh.data", "optim.lr"]
+
+
+def test_manifest_names_every_sweep_config_of_its_root(spec, tmp_path):
+    root = str(tmp_path / "m")
+    runs = sweep.expand(spec, root)
+    sweep.write_manifest(root, spec, runs[:1])
+    sweep.write_manifest(root, "configs/other.py:lr", runs[1:2])  # a follow-up sweep into the same root
+    assert sweep.read_manifest(root)["config"] == f"{spec} + configs/other.py:lr"
+    sweep.write_manifest(root, spec, runs)  # the first sweep again (resuming): named once, first
+    manifest = sweep.read_manifest(root)
+    assert manifest["config"] == f"{spec} + configs/other.py:lr"
+    assert [r["id"] for r in manifest["runs"]] == [r.id for r in runs]
