@@ -103,8 +103,9 @@ class Quantizer:
         """``x`` with its outliers clamped when ``occ`` is set."""
         return x if self.occ is None else occ_lib.clamp(x, self.occ)[0]
 
-    def _scales(self, xg, axes, amax_history, key):
-        """(scale for each group, tensor scale or None, double-quantized scale QTensor or None)."""
+    def _scales(self, xg, axes, amax_history, key, raw=None):
+        """(scale for each group, tensor scale or None, double-quantized scale QTensor or None).
+        ``raw``: the input before its fp32 upcast, for a per-tensor amax (``scaling.tensor_amax``)."""
         shape = [1 if d in axes else n for d, n in enumerate(xg.shape)]  # one scale per group
         if self.source == "fixed":
             return jnp.full(shape, self.fixed_scale, jnp.float32), None, None
@@ -115,6 +116,8 @@ class Quantizer:
                 if amax_history is None:
                     raise ValueError("source='delayed' needs amax_history=... (see update_amax_history)")
                 am = jnp.max(amax_history, axis=0).reshape(shape)
+            elif self.granularity.kind == "tensor" and raw is not None:
+                am = scaling.tensor_amax(raw)
             else:
                 am = scaling.amax(xg, axes, self.block_amax)
             group, ts = scaling.scale_from_amax(am, self.format, self.scale), None
@@ -129,7 +132,8 @@ class Quantizer:
         x = self._clamped(x)
         xg, axes = self.granularity.to_groups(x.astype(jnp.float32) if x.dtype != jnp.float32 else x)
         k_elem, k_scale = (None, None) if key is None else jax.random.split(key)
-        group, ts, dq = self._scales(jax.lax.stop_gradient(xg), axes, amax_history, k_scale)
+        group, ts, dq = self._scales(jax.lax.stop_gradient(xg), axes, amax_history, k_scale,
+                                     raw=jax.lax.stop_gradient(x))
         s = group if ts is None else group * ts
         return xg, s, k_elem, (group, ts, dq)
 

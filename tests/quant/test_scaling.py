@@ -129,3 +129,41 @@ def test_block_amax_by_slices_gives_the_same_bits(name):
         q.replace(block_amax="tree")
     with pytest.raises(ValueError, match="unknown block amax 'tree'; known: reduce, slices"):
         scaling.amax(x, (1,), "tree")
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+def test_tensor_amax_is_the_all_axes_amax_in_the_inputs_dtype(dtype):
+    """scaling.tensor_amax (what a per-tensor Quantizer uses) equals amax over every axis bit
+    for bit, non-finite entries ignored, and reduces the input in its own dtype, not an fp32 copy."""
+    x = (jax.random.normal(jax.random.key(5), (64, 48), jnp.float32) * 30.0).astype(dtype)
+    for bad in ([], [(0, 0, jnp.inf), (3, 4, -jnp.inf), (7, 1, jnp.nan)]):
+        v = x
+        for i, j, val in bad:
+            v = v.at[i, j].set(val)
+        got = jax.jit(scaling.tensor_amax)(v)
+        want = np.max(np.abs(np.asarray(v.astype(jnp.float32))), where=np.isfinite(np.asarray(v.astype(jnp.float32))),
+                      initial=0.0)
+        assert got.shape == (1, 1) and got.dtype == jnp.float32
+        assert np.asarray(got).view(np.uint32)[0, 0] == np.float32(want).view(np.uint32)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(scaling.amax(v, (0, 1))))
+    assert np.asarray(scaling.tensor_amax(jnp.full((4,), jnp.nan, dtype)))[0] == 0.0
+    text = jax.jit(scaling.tensor_amax).lower(x).as_text()
+    name = {jnp.float32: "f32", jnp.bfloat16: "bf16", jnp.float16: "f16"}[dtype]
+    assert "optimization_barrier" in text and "stablehlo.reduce" in text
+    assert f"tensor<64x48x{name}>" in text.split("stablehlo.reduce")[1].split("\n")[0]
+
+
+def test_per_tensor_quantizer_takes_its_amax_from_the_raw_input():
+    """A per-tensor quantizer's scale comes from tensor_amax of its (bf16) input: the same scale
+    and output bits as from the fp32 upcast's amax, and no fp32 array reaches its reduction."""
+    x = (jax.random.normal(jax.random.key(6), (32, 96), jnp.float32) * 7.0).astype(jnp.bfloat16)
+    q = lp.Quantizer("e4m3fn", "tensor", scale="pow2_ceil")
+    qt = jax.jit(q.quantize)(x)
+    want = scaling.scale_from_amax(scaling.amax(x.astype(jnp.float32), (0, 1)), q.format, "pow2_ceil")
+    np.testing.assert_array_equal(np.asarray(qt.scale), np.asarray(want))
+    ref = q.format.quantize(x.astype(jnp.float32) / want) * want
+    np.testing.assert_array_equal(np.asarray(jax.jit(q)(x)).view(np.uint16),
+                                  np.asarray(ref.astype(jnp.bfloat16)).view(np.uint16))
+    text = jax.jit(q).lower(x).as_text()
+    reduces = [line for line in text.split("\n") if "stablehlo.reduce" in line]
+    assert reduces and all("x96xf32>" not in line for line in reduces)
