@@ -103,7 +103,7 @@ class Quantizer:
         """``x`` with its outliers clamped when ``occ`` is set."""
         return x if self.occ is None else occ_lib.clamp(x, self.occ)[0]
 
-    def _scales(self, xg, axes, amax_history, key, raw=None):
+    def _scales(self, xg, axes, amax_history, key, raw):
         """(scale for each group, tensor scale or None, double-quantized scale QTensor or None).
         ``raw``: the input before its fp32 upcast, for a per-tensor amax (``scaling.tensor_amax``)."""
         shape = [1 if d in axes else n for d, n in enumerate(xg.shape)]  # one scale per group
@@ -116,7 +116,7 @@ class Quantizer:
                 if amax_history is None:
                     raise ValueError("source='delayed' needs amax_history=... (see update_amax_history)")
                 am = jnp.max(amax_history, axis=0).reshape(shape)
-            elif self.granularity.kind == "tensor" and raw is not None:
+            elif self.granularity.kind == "tensor":
                 am = scaling.tensor_amax(raw)
             else:
                 am = scaling.amax(xg, axes, self.block_amax)

@@ -34,8 +34,7 @@ def amax(xg, reduce_axes, block: str = "reduce") -> jax.Array:
     (``experiments.benchmark_quantize`` times both). Other groups always reduce."""
     if block not in BLOCK_AMAX:
         raise ValueError(f"unknown block amax {block!r}; known: {', '.join(BLOCK_AMAX)}")
-    a = jnp.abs(xg.astype(jnp.float32))
-    a = jnp.where(jnp.isfinite(a), a, 0.0)
+    a = _finite_magnitude(xg.astype(jnp.float32))
     n = xg.shape[-1] if xg.ndim else 0
     if block == "slices" and tuple(reduce_axes) == (xg.ndim - 1,) and 1 < n <= MAX_SLICED_BLOCK:
         m = a[..., 0:1]
@@ -53,10 +52,14 @@ def tensor_amax(x) -> jax.Array:
     laid the amax out for the transposed FP8 operand a backward GEMM needs and wrote a full
     boolean and a full fp32 copy of the operand before reducing (about 1 ms of a 8192^3 FP8
     layer step on an H200); alone, it is one read of the operand."""
-    v = lax.optimization_barrier(x)
-    a = jnp.abs(v)
-    a = jnp.where(jnp.isfinite(a), a, jnp.zeros((), a.dtype))
+    a = _finite_magnitude(lax.optimization_barrier(x))
     return jnp.max(a).astype(jnp.float32).reshape((1,) * x.ndim)
+
+
+def _finite_magnitude(x) -> jax.Array:
+    """|x| with non-finite entries as 0, in ``x``'s dtype (non-finite values never set a scale)."""
+    a = jnp.abs(x)
+    return jnp.where(jnp.isfinite(a), a, jnp.zeros((), a.dtype))
 
 
 def check_rule(rule) -> None:
