@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from configs import lm
-from experiments.common import environment, kernel_times, time_fn, write_json
+from experiments.common import environment, kernel_categories, kernel_times, time_fn, write_json
 from lowprec.train import loop, sharding
 from lowprec.train.progress import model_flops_per_token, peak_flops
 from lowprec.train.step import TrainState, make_loss_fn, make_train_step
@@ -35,10 +35,11 @@ def measure(size: str, recipe: str, args) -> dict:
     step = jax.jit(make_train_step(make_loss_fn(graphdef, rest, jax.random.key(0)), tx, 1, False),
                    donate_argnums=0)
     tokens = jax.random.randint(jax.random.key(1), (args.batch, args.seq + 1), 0, mcfg.vocab_size, jnp.int32)
+    compiled = step.lower(state, tokens).compile()
     holder = {"state": state}
 
     def run(t):
-        holder["state"], m = step(holder["state"], t)
+        holder["state"], m = compiled(holder["state"], t)
         return m["loss"]
 
     seconds = time_fn(run, tokens, warmup=2, repeats=args.steps)
@@ -48,13 +49,15 @@ def measure(size: str, recipe: str, args) -> dict:
         with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
             for _ in range(3):
                 jax.block_until_ready(run(tokens))
-        kernels = dict(list(kernel_times(trace_dir, 3).items())[:40])
+        every = kernel_times(trace_dir, 3)
+        kernels = dict(list(every.items())[:40])
+        categories = kernel_categories(every, compiled.as_text())
     flops = model_flops_per_token(mcfg, args.seq) * args.batch * args.seq
     peak = peak_flops(jax.devices()[0])
     out = {"size": size, "recipe": recipe, "params_M": mcfg.num_params() / 1e6, "step_s": seconds,
            "tokens_per_s": args.batch * args.seq / seconds, "mfu": flops / seconds / peak if peak else None}
     if kernels is not None:
-        out["kernels_s"] = kernels
+        out["kernels_s"], out["kernel_categories_s"] = kernels, categories
     del holder, state, params
     gc.collect()
     return out
@@ -88,6 +91,9 @@ def main():
             print(f"{size:5s} {recipe:10s} {r['params_M']:7.1f}M  step {r['step_s'] * 1e3:8.1f} ms  "
                   f"{r['tokens_per_s']:10.0f} tok/s  MFU {_pct(r['mfu'])}"
                   f"  x bf16 {r['step_vs_bf16']:.2f}", flush=True)
+            if "kernel_categories_s" in r:
+                print("      kernels per step: " + ", ".join(
+                    f"{k} {v * 1e3:.1f} ms" for k, v in r["kernel_categories_s"].items()), flush=True)
     write_json(args.out, {"environment": environment(), "settings": vars(args), "results": rows})
 
 

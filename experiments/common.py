@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import platform
+import re
 import sys
 import time
 
@@ -88,3 +89,54 @@ def kernel_times(trace_dir: str, steps: int) -> dict[str, float]:
     if not totals:
         print(f"no device kernels in {path}; tracks: {sorted(set(names.values()))}")
     return dict(totals.most_common())
+
+
+# What a device kernel is, from its name and, for XLA fusions, the HLO instruction it runs
+# (the kernel is named after the instruction's ``deduplicated_name`` or ``scheduling_name``).
+_GEMM = re.compile(r"nvjet|gemm|cutlass|xmma|cublas|matmul", re.I)
+_FP8_GEMM = re.compile(r"nvjet_\w*?_[qr][qr]t|f8|e4m3|e5m2", re.I)
+_ATTENTION = re.compile(r"cudnn|fmha|flash|attention|sdpa", re.I)
+_HLO_LINE = re.compile(r"^\s*(?:ROOT )?%(\S+) = (\S+?)[\[{ ].*?metadata=\{([^}]*)\}")
+CATEGORIES = ("gemm fp8", "gemm", "attention", "quantization", "optimizer", "other")
+
+
+def hlo_instructions(hlo_text: str) -> dict[str, tuple[str, str]]:
+    """Kernel-style name -> (result element type, op_name) of each instruction of an optimized HLO
+    module, under its own name and its deduplicated/scheduling names ('.' written as '_')."""
+    out = {}
+    for line in hlo_text.splitlines():
+        m = _HLO_LINE.match(line)
+        if not m:
+            continue
+        name, dtype, meta = m.groups()
+        op = re.search(r'op_name="([^"]*)"', meta)
+        info = (dtype, op.group(1) if op else "")
+        for alias in [name] + re.findall(r'(?:deduplicated|scheduling)_name="([^"]*)"', meta):
+            out.setdefault(alias.replace(".", "_"), info)
+    return out
+
+
+def kernel_category(kernel: str, hlo: dict[str, tuple[str, str]]) -> str:
+    """One of ``CATEGORIES``: GEMM library kernels by name (FP8 ones by their operand types);
+    fusions by their HLO instruction: inside a quantized GEMM's custom_vjp (``_qdot``) but not
+    a GEMM, or producing FP8 values -> quantization; under the ``optimizer`` name scope ->
+    optimizer; attention by kernel name or op name."""
+    dtype, op = hlo.get(kernel.replace(".", "_"), ("", ""))
+    if _GEMM.search(kernel):
+        return "gemm fp8" if _FP8_GEMM.search(kernel) else "gemm"
+    if _ATTENTION.search(kernel) or "dot_product_attention" in op:
+        return "attention"
+    if "_qdot" in op or dtype.startswith("f8"):
+        return "quantization"
+    if "/optimizer/" in op or op.endswith("/optimizer"):
+        return "optimizer"
+    return "other"
+
+
+def kernel_categories(kernels: dict[str, float], hlo_text: str) -> dict[str, float]:
+    """Seconds per step of each of ``CATEGORIES`` (see ``kernel_category``)."""
+    hlo = hlo_instructions(hlo_text)
+    totals = dict.fromkeys(CATEGORIES, 0.0)
+    for name, seconds in kernels.items():
+        totals[kernel_category(name, hlo)] += seconds
+    return totals

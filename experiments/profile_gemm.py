@@ -15,7 +15,7 @@ import os
 import jax
 
 from experiments.benchmark_gemm import RECIPES, SHAPES, layer_step
-from experiments.common import environment, kernel_times, time_fn, write_json
+from experiments.common import environment, kernel_categories, kernel_times, time_fn, write_json
 
 
 
@@ -24,15 +24,16 @@ def profile(label: str, shape_name: str, out: str, steps: int) -> dict:
     step, args = layer_step(RECIPES[label], tokens, d_in, d_out)
     seconds = time_fn(step, *args, repeats=10)
     tag = f"{shape_name}_{label}".replace(" ", "_").replace("(", "").replace(")", "").replace(",", "")
+    hlo = step.lower(*args).compile().as_text()
     with open(os.path.join(out, f"{tag}.hlo.txt"), "w") as f:
-        f.write(step.lower(*args).compile().as_text())
+        f.write(hlo)
     trace_dir = os.path.join(out, "trace", tag)
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
         for _ in range(steps):
             jax.block_until_ready(step(*args))
     kernels = kernel_times(trace_dir, steps)
     return {"shape": shape_name, "recipe": label, "step_s": seconds, "kernel_s": sum(kernels.values()),
-            "kernels": kernels}
+            "categories": kernel_categories(kernels, hlo), "kernels": kernels}
 
 
 def main(argv=None):
@@ -51,7 +52,8 @@ def main(argv=None):
     rows = [profile(label, shape, args.out, args.steps) for shape in args.shapes.split(",") for label in labels]
     write_json(os.path.join(args.out, "profile.json"), {"environment": environment(), "results": rows})
     for r in rows:
-        print(f"\n{r['shape']} {r['recipe']}: step {r['step_s'] * 1e3:.3f} ms, kernels {r['kernel_s'] * 1e3:.3f} ms")
+        print(f"\n{r['shape']} {r['recipe']}: step {r['step_s'] * 1e3:.3f} ms, kernels {r['kernel_s'] * 1e3:.3f} ms "
+              "(" + ", ".join(f"{k} {v * 1e3:.3f}" for k, v in r["categories"].items() if v) + ")")
         for name, s in list(r["kernels"].items())[:args.top]:
             print(f"  {s * 1e3:8.3f} ms  {name[:110]}")
 

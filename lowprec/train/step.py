@@ -65,8 +65,9 @@ def make_train_step(loss_fn, tx: optax.GradientTransformation, grad_accum: int, 
         zero = (jnp.zeros((), jnp.float32), jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params))
         (loss, grads), _ = jax.lax.scan(body, zero, mb)
         loss, grads = loss / grad_accum, jax.tree.map(lambda g: g / grad_accum, grads)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        with jax.named_scope("optimizer"):  # profiles attribute its kernels by this name
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
         if loss_scaled:
             ls = find_state(opt_state, LossScaleState)
