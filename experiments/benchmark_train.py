@@ -21,7 +21,7 @@ from configs import lm
 from experiments.common import environment, kernel_categories, kernel_times, time_fn, write_json
 from lowprec.train import loop, sharding
 from lowprec.train.progress import model_flops_per_token, peak_flops
-from lowprec.train.step import TrainState, make_loss_fn, make_train_step
+from lowprec.train.step import TrainState, make_loss_fn, make_train_step, split_histories
 
 
 def measure(size: str, recipe: str, args) -> dict:
@@ -30,8 +30,9 @@ def measure(size: str, recipe: str, args) -> dict:
     cfg.model.remat, cfg.model.attention = args.remat, args.attention
     mesh = sharding.make_mesh(dict(data=-1, fsdp=1, tensor=1))
     mcfg, policy, graphdef, params, rest, _ = loop.build_model(cfg, mesh)
+    amax, rest = split_histories(rest)
     tx, _ = loop.make_optimizer(cfg, policy)
-    state = sharding.onto_mesh(TrainState(jnp.zeros((), jnp.int32), params, jax.jit(tx.init)(params)), mesh)
+    state = sharding.onto_mesh(TrainState(jnp.zeros((), jnp.int32), params, jax.jit(tx.init)(params), amax), mesh)
     step = jax.jit(make_train_step(make_loss_fn(graphdef, rest, jax.random.key(0)), tx, 1, False),
                    donate_argnums=0)
     tokens = jax.random.randint(jax.random.key(1), (args.batch, args.seq + 1), 0, mcfg.vocab_size, jnp.int32)

@@ -2,10 +2,11 @@
 
     layer = lp.nn.QuantDense(512, 2048, recipe="fp8", rngs=nnx.Rngs(0))
     lp.nn.assign_recipes(model, [("lm_head|embed", "bf16"), (".*", "fp4_paper")])
+    lp.nn.update_amax_histories(model, grads)   # delayed scaling ("fp8_delayed"): after each step
     lp.nn.apply_lora(model, "attn|mlp", rank=8, alpha=16, base="nf4", rngs=nnx.Rngs(0))   # QLoRA
 """
 
-from lowprec.nn.base import GradTelemetry, QuantModule
+from lowprec.nn.base import AmaxHistory, GradTelemetry, QuantModule, update_amax_histories
 from lowprec.nn.dense import QuantDense
 from lowprec.nn.einsum import QuantEinsum
 from lowprec.nn.lora import (
@@ -15,7 +16,7 @@ from lowprec.nn.lora import (
 from lowprec.nn.rules import assign_recipes
 
 __all__ = [
-    "GradTelemetry", "LoRADense", "LoRAParam", "QuantDense", "QuantEinsum", "QuantModule", "QuantizedDense",
+    "AmaxHistory", "GradTelemetry", "LoRADense", "LoRAParam", "QuantDense", "QuantEinsum", "QuantModule", "QuantizedDense",
     "QuantizedWeight", "apply_lora", "assign_recipes", "count_params", "merge_lora", "set_deterministic",
-    "weight_quantizer",
+    "update_amax_histories", "weight_quantizer",
 ]

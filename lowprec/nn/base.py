@@ -17,17 +17,42 @@ class GradTelemetry(nnx.Variable):
     ``nnx.grad(loss, argnums=nnx.DiffState(0, nnx.Any(nnx.Param, lp.nn.GradTelemetry)))``."""
 
 
+class AmaxHistory(nnx.Variable):
+    """A delayed-scaling layer's amax history (rows ``ops.ROLES``, newest amax first; stacked like
+    the layer's kernel). Its gradient is the updated history: differentiate with respect to it
+    too and assign the result after each step, e.g. with ``update_amax_histories``."""
+
+
 class QuantModule(nnx.Module):
     """A module whose GEMMs follow ``self.recipe`` (set it directly or with ``assign_recipes``).
 
     With ``telemetry=True`` the forward roles' statistics are sown as ``nnx.Intermediate``
     ``"telemetry"`` (read them with ``nnx.capture(model, nnx.Intermediate)``) and the backward
-    roles' arrive as the gradient of ``grad_telemetry``.
+    roles' arrive as the gradient of ``grad_telemetry``. A recipe with delayed scaling gives the
+    layer an ``amax_history`` (an :class:`AmaxHistory`; ``sync_amax_history`` after setting
+    ``recipe`` directly, which ``assign_recipes`` does).
     """
 
     def _init_quant(self, recipe, telemetry: bool) -> None:
         self.recipe = recipes.get(recipe)
         self.grad_telemetry = GradTelemetry(ops.telemetry.probe()) if telemetry else nnx.data(None)
+        self.sync_amax_history()
+
+    def _stack_shape(self) -> tuple[int, ...]:
+        """The leading dims the layer is stacked along (``nnx.vmap``-made layers), else ()."""
+        return tuple(self.kernel.shape[:-2])
+
+    def sync_amax_history(self) -> None:
+        """An empty amax history (zeros, stacked like the kernel) when ``recipe`` scales a role
+        from one and the layer has none of the right shape; none when it scales no role so."""
+        recipe = recipes.get(self.recipe)
+        if not recipe.delayed_roles():
+            self.amax_history = nnx.data(None)
+            return
+        shape = self._stack_shape() + (len(ops.ROLES), recipe.amax_history_len)
+        current = getattr(self, "amax_history", None)
+        if current is None or tuple(current.shape) != shape:
+            self.amax_history = AmaxHistory(jnp.zeros(shape, jnp.float32))
 
     def _dense(self, inputs, kernel, bias, *, key, rngs):
         """``inputs @ kernel (+ bias)`` along the last axis of ``inputs``, per the recipe."""
@@ -43,6 +68,9 @@ class QuantModule(nnx.Module):
         if key is None and rngs is not None and recipes.get(self.recipe).needs_key():
             key = rngs.quant()
         probe = None if self.grad_telemetry is None else self.grad_telemetry[...]
+        history = getattr(self, "amax_history", None)
+        if history is not None:
+            kwargs["amax_history"] = history[...]
         out = op(*args, self.recipe, key, probe=probe, **kwargs)
         if probe is None:
             return out
@@ -61,3 +89,10 @@ def param(init, key, shape, dtype, axes: Sequence[str | None] | None, metadata: 
             raise ValueError(f"axes {tuple(axes)} must name each of the {len(shape)} dims of shape {shape}")
         meta.update(out_sharding=tuple(axes), eager_sharding=False)
     return nnx.Param(value, **meta)
+
+
+def update_amax_histories(model: nnx.Module, grads: nnx.State) -> None:
+    """Sets every ``AmaxHistory`` of ``model`` to its gradient in ``grads`` (the updated history;
+    see ``ops.dot``), e.g. after ``nnx.grad(loss, argnums=nnx.DiffState(0, nnx.Any(nnx.Param,
+    AmaxHistory)))``."""
+    nnx.update(model, nnx.filter_state(grads, AmaxHistory))

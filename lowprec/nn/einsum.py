@@ -39,6 +39,9 @@ class QuantEinsum(QuantModule):
         self.promote_dtype, self.preferred_element_type = promote_dtype, preferred_element_type
         self._init_quant(recipe, telemetry)
 
+    def _stack_shape(self) -> tuple[int, ...]:
+        return tuple(self.kernel.shape[:self.kernel.ndim - len(self.kernel_shape)])
+
     def __call__(self, inputs, einsum_str: str | None = None, *, key=None, rngs: nnx.Rngs | None = None):
         spec = (einsum_str or self.einsum_str).replace(" ", "")
         bias = self.bias[...] if self.bias is not None else None

@@ -130,6 +130,11 @@ class QuantizedDense(QuantModule):
         self.dtype, self.param_dtype, self.precision = like.dtype, like.param_dtype, like.precision
         self.promote_dtype, self.preferred_element_type = like.promote_dtype, like.preferred_element_type
         self.recipe, self.grad_telemetry = like.recipe, like.grad_telemetry
+        history = getattr(like, "amax_history", None)
+        self.amax_history = history if history is not None else nnx.data(None)
+
+    def _stack_shape(self) -> tuple[int, ...]:
+        return tuple(self.kernel_shape[:-2])
 
     def dequantized_kernel(self) -> jax.Array:
         """The kernel the codes stand for, in its original dtype (stacked when the layer is)."""

@@ -38,6 +38,7 @@ def assign_recipes(model: nnx.Module, rules: Sequence[tuple[str, Recipe | str]])
         for pattern, regex, recipe in compiled:
             if regex.search(name):
                 module.recipe = recipe
+                module.sync_amax_history()
                 used.add(pattern)
                 break
         assigned[name] = module.recipe.name or str(module.recipe)

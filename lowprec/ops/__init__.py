@@ -2,16 +2,17 @@
 
     y = lp.dot_general(x, w, (((1,), (0,)), ((), ())), lp.recipes.fp8)
     y = lp.einsum("btd,df->btf", x, w, "fp4_paper")
+    h = lp.ops.init_amax_history("fp8_delayed")   # delayed scaling: pass amax_history=h, keep its gradient
     lp.ops.fp8_path(f, x, w)        # "native" where the compiled f runs FP8 tensor-core GEMMs
 """
 
 from lowprec.ops import recipes, telemetry
-from lowprec.ops.dot import dot_general
+from lowprec.ops.dot import dot_general, init_amax_history
 from lowprec.ops.einsum import einsum
 from lowprec.ops.native import FP8_TARGET, device_has_fp8, fp8_path, gemm_targets, parse_gemms
 from lowprec.ops.recipe import ROLES, Recipe
 
 __all__ = [
     "FP8_TARGET", "ROLES", "Recipe", "device_has_fp8", "dot_general", "einsum", "fp8_path", "gemm_targets",
-    "parse_gemms", "recipes", "telemetry",
+    "init_amax_history", "parse_gemms", "recipes", "telemetry",
 ]

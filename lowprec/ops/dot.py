@@ -8,6 +8,14 @@ constants, as in ``Quantizer``. OCC's clamp passes the gradient as the identity,
 activation entry gets the estimator's derivative at its clamped scaled value. The separate
 compensation GEMM ``residual x weight`` adds its weight gradient ``residual^T x grad``.
 Stochastic rounding draws ``jax.random.fold_in(key, i)`` for the i-th role of ``ROLES``.
+
+Delayed scaling: roles whose Quantizer has ``source="delayed"`` are scaled from the largest
+entry of their row of ``amax_history`` (rows ``ROLES``, newest amax first), and the gradient
+with respect to ``amax_history`` is the *updated* history: each delayed role's row shifted by
+one with this call's amax of its operand in front (forward roles from the forward pass, the
+output-gradient roles from the backward pass); other rows come back unchanged. Assign it in
+place of the old history after each step (one call per history and step: gradients of several
+calls that share a history would add up).
 """
 
 from __future__ import annotations
@@ -24,18 +32,22 @@ from lowprec.ops.gemm import gemm
 from lowprec.ops.operand import Operand
 from lowprec.ops.recipe import ROLES, Recipe
 from lowprec.quant import occ as occ_lib
+from lowprec.quant import scaling
+from lowprec.quant.quantizer import update_amax_history
 
 
 def dot_general(lhs, rhs, dimension_numbers, recipe: Recipe | str = "none", key=None, *, precision=None,
-                preferred_element_type=None, probe=None):
+                preferred_element_type=None, probe=None, amax_history=None):
     """``lax.dot_general(lhs, rhs, dimension_numbers)`` with ``recipe``'s quantized GEMMs.
 
     ``lhs`` is the activation and ``rhs`` the weight. ``key`` (a ``jax.random`` key) is needed
     when a role rounds stochastically. With ``probe`` (``ops.telemetry.probe()``) it returns
     ``(y, stats)``: ``stats`` holds the forward roles' telemetry and the gradient with respect
-    to ``probe`` holds the backward roles'.
+    to ``probe`` holds the backward roles'. ``amax_history`` (``init_amax_history(recipe)``) is
+    needed when a role uses delayed scaling; its gradient is the updated history.
     """
     recipe = recipes.get(recipe)
+    amax_history = _check_history(recipe, amax_history)
     lhs, rhs = jnp.asarray(lhs), jnp.asarray(rhs)
     stochastic = recipe.needs_key()
     if stochastic and key is None:
@@ -48,8 +60,29 @@ def dot_general(lhs, rhs, dimension_numbers, recipe: Recipe | str = "none", key=
         compute_dtype=jnp.dtype(recipe.compute_dtype or dtype).name,
         out_dtype=jnp.dtype(preferred_element_type or recipe.out_dtype or dtype).name,
         telemetry=probe is not None)
-    y, stats = _qdot_jit(cfg, lhs, rhs, key, probe)
+    y, stats = _qdot_jit(cfg, lhs, rhs, key, probe, amax_history)
     return y if probe is None else (y, stats)
+
+
+def init_amax_history(recipe: Recipe | str) -> jax.Array:
+    """Zeros of shape ``(len(ROLES), recipe.amax_history_len)``: an empty delayed-scaling
+    history (until it holds an amax, a delayed role's scale is that of an amax of 1)."""
+    return jnp.zeros((len(ROLES), recipes.get(recipe).amax_history_len), jnp.float32)
+
+
+def _check_history(recipe: Recipe, history):
+    delayed = recipe.delayed_roles()
+    if not delayed:
+        return None
+    expected = (len(ROLES), recipe.amax_history_len)
+    if history is None:
+        raise ValueError(f"recipe {recipe.name or recipe} scales {', '.join(delayed)} from an amax history: pass "
+                         f"amax_history=lp.ops.init_amax_history(recipe) (shape {expected}) and keep its gradient")
+    history = jnp.asarray(history)
+    if history.shape != expected:
+        raise ValueError(f"amax_history has shape {history.shape}; recipe {recipe.name or 'custom'} needs {expected} "
+                         f"(rows {', '.join(ROLES)}; amax_history_len={recipe.amax_history_len})")
+    return history.astype(jnp.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,19 +116,33 @@ class _Saved(NamedTuple):
     weight_scale: jax.Array | None
     residual: jax.Array | None  # OCC's residual, for the separate compensation's weight gradient
     key: Any
+    history: jax.Array | None  # delayed scaling: the history and the forward roles' amaxes
+    fwd_amax: dict | None
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _qdot(cfg, lhs, rhs, key, probe):
-    return _forward(cfg, lhs, rhs, key)[:2]
+def _qdot(cfg, lhs, rhs, key, probe, history):
+    return _forward(cfg, lhs, rhs, key, history)[:2]
 
 
-def _qdot_fwd(cfg, lhs, rhs, key, probe):
-    y, stats, saved = _forward(cfg, lhs, rhs, key)
+def _qdot_fwd(cfg, lhs, rhs, key, probe, history):
+    y, stats, saved = _forward(cfg, lhs, rhs, key, history)
     return (y, stats), saved
 
 
-def _forward(cfg: _Config, lhs, rhs, key):
+def _history_row(cfg: _Config, history, role: str):
+    """The amax history of ``role`` when it is scaled from one, else None."""
+    q = getattr(cfg.recipe, role)
+    return None if history is None or q is None or q.source != "delayed" else history[ROLES.index(role)]
+
+
+def _record(cfg: _Config, history, amaxes: dict, role: str, x) -> None:
+    """Records the amax of ``x`` (what ``role``'s quantizer saw) when ``role`` is delayed."""
+    if _history_row(cfg, history, role) is not None:
+        amaxes[role] = scaling.tensor_amax(x, barrier=False).reshape(())
+
+
+def _forward(cfg: _Config, lhs, rhs, key, history):
     """(output, forward telemetry or None, what the backward pass needs)."""
     r, ((lc, rc), _) = cfg.recipe, cfg.dn
     keys = _role_keys(key)
@@ -106,8 +153,13 @@ def _forward(cfg: _Config, lhs, rhs, key):
         x, delta = occ_lib.clamp(lhs, occ)
         clamped = delta != 0
         residual = delta.astype(occ.residual_dtype) if occ.compensate else None
-    act, act_s = operand.quantize(x, q_act, lc, keys["fwd_act"], cfg.compute_dtype)
-    weight, weight_s = operand.quantize(rhs, q_w, rc, keys["fwd_weight"], cfg.compute_dtype)
+    act, act_s = operand.quantize(x, q_act, lc, keys["fwd_act"], cfg.compute_dtype,
+                                  _history_row(cfg, history, "fwd_act"))
+    weight, weight_s = operand.quantize(rhs, q_w, rc, keys["fwd_weight"], cfg.compute_dtype,
+                                        _history_row(cfg, history, "fwd_weight"))
+    fwd_amax = {}
+    _record(cfg, history, fwd_amax, "fwd_act", x)
+    _record(cfg, history, fwd_amax, "fwd_weight", rhs)
     stats = None
     if cfg.telemetry:
         stats = telemetry.rows({"fwd_act": _act_stats(lhs, x, act, act_s, q_act, lc, clamped, residual),
@@ -126,27 +178,38 @@ def _forward(cfg: _Config, lhs, rhs, key):
         act=act if r.reuse_forward else None, weight=weight if r.reuse_forward else None,
         lhs=None if r.reuse_forward else lhs, rhs=rhs if (w_d or not r.reuse_forward) else None,
         act_input=x if act_d else None, act_scale=act_s if act_d else None, weight_scale=weight_s if w_d else None,
-        residual=residual if separate else None, key=key)
+        residual=residual if separate else None, key=key, history=history,
+        fwd_amax=fwd_amax if history is not None else None)
     return y.astype(cfg.out_dtype), stats, saved
 
 
 def _qdot_bwd(cfg: _Config, saved: _Saved, cts):
     g, by_role = cts[0], {}
     keys = _role_keys(saved.key)
-    dx = _grad_input(cfg, saved, g, keys, by_role)
-    dw = _grad_weight(cfg, saved, g, keys, by_role)
+    amaxes = dict(saved.fwd_amax or {})
+    dx = _grad_input(cfg, saved, g, keys, by_role, amaxes)
+    dw = _grad_weight(cfg, saved, g, keys, by_role, amaxes)
     probe_ct = telemetry.rows(by_role) if cfg.telemetry else None
-    return dx.astype(cfg.lhs_dtype), dw.astype(cfg.rhs_dtype), None, probe_ct
+    history_ct = None
+    if saved.history is not None:
+        rows = [update_amax_history(h, amaxes[role]) if role in amaxes else h
+                for role, h in zip(ROLES, saved.history)]
+        history_ct = jnp.stack(rows)
+    return dx.astype(cfg.lhs_dtype), dw.astype(cfg.rhs_dtype), None, probe_ct, history_ct
 
 
-def _grad_input(cfg: _Config, saved: _Saved, g, keys, by_role):
+def _grad_input(cfg: _Config, saved: _Saved, g, keys, by_role, amaxes):
     """grad x weight^T, through the activation quantizer's estimator."""
     r, gi, lc = cfg.recipe, dims.grad_input(cfg.dn, *cfg.ndims), cfg.dn[0][0]
     (g_c, w_c), _ = gi.dn
-    g1, g1_s = operand.quantize(g, r.dgrad_grad, g_c, keys["dgrad_grad"], cfg.compute_dtype)
+    g1, g1_s = operand.quantize(g, r.dgrad_grad, g_c, keys["dgrad_grad"], cfg.compute_dtype,
+                                _history_row(cfg, saved.history, "dgrad_grad"))
+    _record(cfg, saved.history, amaxes, "dgrad_grad", g)
     weight = saved.weight
     if weight is None:
-        weight, w_s = operand.quantize(saved.rhs, r.dgrad_weight, w_c, keys["dgrad_weight"], cfg.compute_dtype)
+        weight, w_s = operand.quantize(saved.rhs, r.dgrad_weight, w_c, keys["dgrad_weight"], cfg.compute_dtype,
+                                       _history_row(cfg, saved.history, "dgrad_weight"))
+        _record(cfg, saved.history, amaxes, "dgrad_weight", saved.rhs)
         if cfg.telemetry:
             by_role["dgrad_weight"] = _stats(saved.rhs, weight, w_s, r.dgrad_weight, w_c)
     if cfg.telemetry:
@@ -158,15 +221,19 @@ def _grad_input(cfg: _Config, saved: _Saved, g, keys, by_role):
     return dx if d is None else dx.astype(jnp.float32) * d
 
 
-def _grad_weight(cfg: _Config, saved: _Saved, g, keys, by_role):
+def _grad_weight(cfg: _Config, saved: _Saved, g, keys, by_role, amaxes):
     """grad x activation (transposed to the weight's layout), through the weight quantizer's
     estimator, plus the separate OCC compensation's weight gradient."""
     r, gw, rc = cfg.recipe, dims.grad_weight(cfg.dn, *cfg.ndims), cfg.dn[0][1]
     (g_c, a_c), _ = gw.dn
-    g2, g2_s = operand.quantize(g, r.wgrad_grad, g_c, keys["wgrad_grad"], cfg.compute_dtype)
+    g2, g2_s = operand.quantize(g, r.wgrad_grad, g_c, keys["wgrad_grad"], cfg.compute_dtype,
+                                _history_row(cfg, saved.history, "wgrad_grad"))
+    _record(cfg, saved.history, amaxes, "wgrad_grad", g)
     act = saved.act
     if act is None:
-        act, a_s = operand.quantize(saved.lhs, r.wgrad_act, a_c, keys["wgrad_act"], cfg.compute_dtype)
+        act, a_s = operand.quantize(saved.lhs, r.wgrad_act, a_c, keys["wgrad_act"], cfg.compute_dtype,
+                                    _history_row(cfg, saved.history, "wgrad_act"))
+        _record(cfg, saved.history, amaxes, "wgrad_act", saved.lhs)
         if cfg.telemetry:
             by_role["wgrad_act"] = _stats(saved.lhs, act, a_s, r.wgrad_act, a_c)
     if cfg.telemetry:

@@ -11,13 +11,13 @@ from lowprec.ops.recipe import Recipe
 
 
 def einsum(spec: str, lhs, rhs, recipe: Recipe | str = "none", key=None, *, precision=None,
-           preferred_element_type=None, probe=None):
+           preferred_element_type=None, probe=None, amax_history=None):
     """``jnp.einsum(spec, lhs, rhs)`` with ``recipe``'s quantized GEMMs (lhs: activation,
     rhs: weight). ``spec`` names its output (``"btd,dnh->btnh"``); ``...`` may stand for
     leading dims of the lhs and the output. Returns what ``dot_general`` returns."""
     dn, perm = parse(spec.replace(" ", ""), lhs.ndim, rhs.ndim)
     out = dot_general(lhs, rhs, dn, recipe, key, precision=precision,
-                      preferred_element_type=preferred_element_type, probe=probe)
+                      preferred_element_type=preferred_element_type, probe=probe, amax_history=amax_history)
     y = out if probe is None else out[0]
     y = y if perm is None else y.transpose(perm)
     return y if probe is None else (y, out[1])

@@ -41,16 +41,17 @@ def bind(q: Quantizer, contraction: tuple[int, ...]) -> Quantizer:
     return q.replace(granularity=q.granularity.along(contraction))
 
 
-def quantize(x, q: Quantizer | None, contraction, key, dtype) -> tuple[Operand, jax.Array | None]:
+def quantize(x, q: Quantizer | None, contraction, key, dtype, history=None) -> tuple[Operand, jax.Array | None]:
     """(operand, effective scale per group) of ``x`` for a GEMM contracting ``contraction``.
 
-    Unquantized operands are cast to ``dtype``. Grid values are bit-identical to ``q(x, key)``
+    Unquantized operands are cast to ``dtype``. ``history``: the amax history of a delayed-scaling
+    quantizer. Grid values are bit-identical to ``q(x, key)``
     divided by its scales: the same scales and the same rounding onto the format.
     """
     if q is None:
         return Operand(x.astype(dtype)), None
     q = bind(q, contraction)
-    qt = q.quantize(x, key=key)
+    qt = q.quantize(x, key=key, amax_history=history)
     group, ts = qt.group_scales(), qt.tensor_scale
     s = group if ts is None else group * ts
     xg, _ = q.granularity.to_groups(x.astype(jnp.float32))

@@ -39,6 +39,11 @@ class Recipe:
     ``native_fp8``: ``"auto"`` runs GEMMs whose operands are exact FP8 values with factorable
     scales on FP8 tensor cores when the device has them; ``"off"`` always simulates; ``"on"``
     emits the FP8 pattern on any backend (XLA upcasts where there are no FP8 units).
+    Delayed scaling: a role whose Quantizer has ``source="delayed"`` (per tensor only) takes its
+    scale from the largest amax of a history of the last ``amax_history_len`` steps instead of
+    the operand's current amax (Transformer Engine's default): the quantization no longer waits
+    for a reduction over its input. ``dot_general`` then needs ``amax_history`` and returns the
+    updated history as its gradient (see ``ops.dot``).
     ``fp8_transposes``: how an FP8 operand is brought into cuBLASLt's layout when it needs a
     transpose (the weight forward, both operands of the weight gradient): ``"fused"`` (XLA
     fuses the transpose into the quantization) or ``"separate"`` (the quantization first, then
@@ -58,6 +63,7 @@ class Recipe:
     compensation: str = "separate"
     native_fp8: str = "auto"
     fp8_transposes: str = "fused"
+    amax_history_len: int = 16
     name: str | None = dataclasses.field(default=None, compare=False)
 
     def __post_init__(self):
@@ -65,9 +71,9 @@ class Recipe:
             q = getattr(self, role)
             if q is not None and not isinstance(q, Quantizer):
                 raise TypeError(f"Recipe.{role} must be a Quantizer or None; got {type(q).__name__}")
-            if q is not None and q.source == "delayed":
-                raise ValueError(f"Recipe.{role}: source='delayed' is not supported in GEMMs (no amax "
-                                 "history is threaded through them); allowed: absmax, fixed")
+            if q is not None and q.source == "delayed" and (q.granularity.kind != "tensor" or q.tensor_scale):
+                raise ValueError(f"Recipe.{role}: source='delayed' needs granularity='tensor' in GEMMs (one "
+                                 f"amax per operand and step is recorded); got granularity={q.granularity}")
             if q is not None and role != "fwd_act" and q.occ is not None:
                 raise ValueError(f"Recipe.{role}: OCC applies to the forward activation only (fwd_act)")
         if self.reuse_forward:
@@ -82,6 +88,8 @@ class Recipe:
         _choice("compensation", self.compensation, COMPENSATIONS)
         _choice("native_fp8", self.native_fp8, NATIVE_FP8)
         _choice("fp8_transposes", self.fp8_transposes, FP8_TRANSPOSES)
+        if not (isinstance(self.amax_history_len, int) and self.amax_history_len >= 1):
+            raise ValueError(f"Recipe.amax_history_len must be an integer >= 1; got {self.amax_history_len!r}")
 
     def quantizer(self, role: str) -> Quantizer | None:
         """The quantizer a role uses (with ``reuse_forward``, the forward one it reuses)."""
@@ -94,6 +102,10 @@ class Recipe:
     def needs_key(self) -> tuple[str, ...]:
         """The roles that round stochastically (their GEMMs need a key)."""
         return tuple(r for r in ROLES if getattr(self, r) is not None and getattr(self, r).rounding == "stochastic")
+
+    def delayed_roles(self) -> tuple[str, ...]:
+        """The roles scaled from an amax history (``source="delayed"``)."""
+        return tuple(r for r in ROLES if getattr(self, r) is not None and getattr(self, r).source == "delayed")
 
     def replace(self, **changes) -> Recipe:
         """A copy with ``changes`` (validated like a new Recipe)."""
@@ -117,6 +129,8 @@ class Recipe:
             parts.append(f"native_fp8={self.native_fp8}")
         if self.fp8_transposes != "fused":
             parts.append(f"fp8_transposes={self.fp8_transposes}")
+        if self.delayed_roles():
+            parts.append(f"amax_history_len={self.amax_history_len}")
         return f"Recipe {self.name or 'custom'}: " + " ".join(parts)
 
 

@@ -44,15 +44,16 @@ def amax(xg, reduce_axes, block: str = "reduce") -> jax.Array:
     return jnp.max(a, axis=reduce_axes, keepdims=True)
 
 
-def tensor_amax(x) -> jax.Array:
+def tensor_amax(x, barrier: bool = True) -> jax.Array:
     """Largest finite magnitude of all of ``x``, as fp32 of shape ``(1,) * x.ndim`` (what
     ``amax`` returns for a per-tensor group), computed in ``x``'s own dtype (|x| and max are exact
-    in any float dtype) behind an optimization barrier. The quantization that divides by the
-    scale then shares nothing with this reduction: when it shared the fp32 upcast, XLA on a GPU
-    laid the amax out for the transposed FP8 operand a backward GEMM needs and wrote a full
+    in any float dtype), by default behind an optimization barrier. The quantization that divides
+    by the scale then shares nothing with this reduction: when it shared the fp32 upcast, XLA on
+    a GPU laid the amax out for the transposed FP8 operand a backward GEMM needs and wrote a full
     boolean and a full fp32 copy of the operand before reducing (about 1 ms of a 8192^3 FP8
-    layer step on an H200); alone, it is one read of the operand."""
-    a = _finite_magnitude(lax.optimization_barrier(x))
+    layer step on an H200); alone, it is one read of the operand. ``barrier=False`` where the
+    amax is only recorded (delayed scaling), so that XLA may fuse it with the quantization."""
+    a = _finite_magnitude(lax.optimization_barrier(x) if barrier else x)
     return jnp.max(a).astype(jnp.float32).reshape((1,) * x.ndim)
 
 

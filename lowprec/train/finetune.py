@@ -161,12 +161,12 @@ def split(cfg, model: nnx.Module):
     return graphdef, eval_graphdef, params, frozen, rest
 
 
-def quantized_model(cfg, graphdef, params, frozen, rest):
+def quantized_model(cfg, graphdef, params, frozen, rest, amax=None):
     """(graphdef, params, rest) of the model to evaluate for ``eval_quantized``: adapters merged
     into their layers, the targeted layers' weights rounded to ``eval_quantized`` in the forward
     pass (the same quantizer as qat mode), the other layers as trained."""
     ft = settings(cfg)
-    model = nnx.merge(graphdef, params, *(() if frozen is None else (frozen,)), rest)
+    model = nnx.merge(graphdef, params, *(v for v in (frozen, amax) if v is not None), rest)
     if ft.mode in ADAPTER_MODES:
         model = lora.merge_lora(model)
     assign_recipes(model, [(ft.lora_targets, weight_only_recipe(ft.eval_quantized))])
@@ -199,8 +199,8 @@ def load_finetuned(workdir: str, step: int | None = None, devices=None) -> Finet
     built = loop.setup(cfg, sharding.make_mesh({"data": -1}, devices or jax.devices()[:1]), pretrained=False)
     state, _ = ckpt.restore(step, abstract(built.state))
     ckpt.close()
-    frozen = getattr(state, "frozen", None)
-    model = nnx.merge(built.eval_graphdef, state.params, *(() if frozen is None else (frozen,)), built.rest)
+    extra = (v for v in (getattr(state, "frozen", None), state.amax) if v is not None)
+    model = nnx.merge(built.eval_graphdef, state.params, *extra, built.rest)
     return FinetunedRun(cfg, model, state, int(step))
 
 

@@ -24,7 +24,9 @@ from lowprec.train.checkpoint import Checkpointer, abstract
 from lowprec.train.metrics import MetricsWriter
 from lowprec.train.progress import Progress, model_flops_per_token, peak_flops
 from lowprec.train.rundir import RunDir
-from lowprec.train.step import FinetuneState, TrainState, make_eval_step, make_loss_fn, make_train_step
+from lowprec.train.step import (
+    FinetuneState, TrainState, make_eval_step, make_loss_fn, make_train_step, split_histories,
+)
 from lowprec.train.telemetry import first_nonfinite, flatten, make_telemetry_fn, nonfinite_params
 
 log = logging.getLogger(__name__)
@@ -109,7 +111,7 @@ class Setup:
     policy: Any
     graphdef: Any         # the training graph
     eval_graphdef: Any    # the same with LoRA dropout off
-    rest: Any             # variables neither trained nor frozen (e.g. telemetry probes)
+    rest: Any             # variables neither trained, frozen nor step state (e.g. telemetry probes)
     state: TrainState | FinetuneState
     tx: optax.GradientTransformation
     schedule: Any
@@ -127,13 +129,14 @@ def setup(cfg, mesh, pretrained: bool) -> Setup:
     full_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.state(model, nnx.Param))
     finetune.adapt(cfg, model)
     graphdef, eval_graphdef, params, frozen, rest = finetune.split(cfg, model)
+    amax, rest = split_histories(rest)
     params, _ = shard(params, mesh)
     tx, schedule = make_optimizer(cfg, policy)
     opt_state = jax.jit(tx.init)(params)
     if frozen is None:
-        state = TrainState(jnp.zeros((), jnp.int32), params, opt_state)
+        state = TrainState(jnp.zeros((), jnp.int32), params, opt_state, amax)
     else:
-        state = FinetuneState(jnp.zeros((), jnp.int32), params, opt_state, shard(frozen, mesh)[0])
+        state = FinetuneState(jnp.zeros((), jnp.int32), params, opt_state, shard(frozen, mesh)[0], amax)
     return Setup(mcfg, policy, graphdef, eval_graphdef, rest, sharding.onto_mesh(state, mesh), tx, schedule,
                  full_params, init)
 
@@ -211,7 +214,7 @@ def _train(cfg, run: RunDir, stop: dict, stop_at: int | None) -> dict:
                     raise NonFiniteLoss(f"loss is {float(m['loss'])} at step {done} (checked every "
                                         f"{cfg.train.log_every} steps; adapter runs have no layer telemetry)")
                 telemetry_fn = telemetry_fn or make_telemetry_fn(mcfg, recipe_rules(cfg), cfg.seed)
-                inter, _ = telemetry_fn(state.params, tokens)
+                inter, _ = telemetry_fn(state.params, tokens, state.amax)
                 bad = nonfinite_params(state.params)
                 raise NonFiniteLoss(f"loss is {float(m['loss'])} at step {done} (checked every "
                                     f"{cfg.train.log_every} steps); first non-finite: {first_nonfinite(inter)}; "
@@ -228,9 +231,9 @@ def _train(cfg, run: RunDir, stop: dict, stop_at: int | None) -> dict:
             last = {"step": done, **{k: float(v) for k, v in values.items()}}
         if cfg.train.telemetry_every and done % cfg.train.telemetry_every == 0:
             telemetry_fn = telemetry_fn or make_telemetry_fn(mcfg, recipe_rules(cfg), cfg.seed)
-            metrics.write(done, "telemetry", flatten(*jax.device_get(telemetry_fn(state.params, tokens))))
+            metrics.write(done, "telemetry", flatten(*jax.device_get(telemetry_fn(state.params, tokens, state.amax))))
         if done % cfg.train.eval_every == 0 or done == cfg.train.steps:
-            ev = evaluate(eval_step, state.params, evals, mesh, corpus.bytes_per_token, frozen_of(state))
+            ev = evaluate(eval_step, state.params, evals, mesh, corpus.bytes_per_token, frozen_of(state), state.amax)
             metrics.write(done, "val", ev)
             last.update({f"val_{k}": v for k, v in ev.items()})
         if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps or stop["signal"]:
@@ -240,7 +243,7 @@ def _train(cfg, run: RunDir, stop: dict, stop_at: int | None) -> dict:
             break
     last["step"] = int(jax.device_get(state.step))
     if ft.eval_quantized and start < cfg.train.steps == last["step"]:
-        g, p, r = finetune.quantized_model(cfg, built.eval_graphdef, state.params, frozen_of(state), rest)
+        g, p, r = finetune.quantized_model(cfg, built.eval_graphdef, state.params, frozen_of(state), rest, state.amax)
         ev = evaluate(jax.jit(make_eval_step(make_loss_fn(g, r, jax.random.key(cfg.seed + 2)))), p, evals, mesh,
                       corpus.bytes_per_token)
         metrics.write(last["step"], "val_quantized", ev)
@@ -263,11 +266,11 @@ def _data_field(cfg, name: str) -> str | None:
     return cfg.data.get(name) or None
 
 
-def evaluate(eval_step, params, evals, mesh, bytes_per_token: float = 1.0, frozen=None) -> dict:
+def evaluate(eval_step, params, evals, mesh, bytes_per_token: float = 1.0, frozen=None, amax=None) -> dict:
     total, count = 0.0, 0.0
     for i in range(len(evals)):
         tokens, valid = evals.global_batch(i, mesh)
-        s, n = eval_step(params, tokens, jnp.asarray(valid), frozen)
+        s, n = eval_step(params, tokens, jnp.asarray(valid), frozen, amax)
         total, count = total + float(s), count + float(n)
     loss = total / max(count, 1.0)
     return {"loss": loss, "perplexity": float(np.exp(min(loss, 50.0))),

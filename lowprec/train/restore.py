@@ -21,7 +21,7 @@ from flax import nnx
 
 from lowprec.train import sharding
 from lowprec.train.checkpoint import Checkpointer, abstract
-from lowprec.train.step import TrainState
+from lowprec.train.step import TrainState, split_histories
 
 
 @dataclasses.dataclass
@@ -61,9 +61,12 @@ def load_run(workdir: str, step: int | None = None, devices=None) -> RestoredRun
         raise FileNotFoundError(f"{workdir} has no checkpoint to restore")
     mesh = sharding.make_mesh({"data": -1}, devices or jax.devices()[:1])
     mcfg, policy, graphdef, params, rest, _ = loop.build_model(cfg, mesh)
+    amax, rest = split_histories(rest)
     tx, _ = loop.make_optimizer(cfg, policy)
-    state = TrainState(jnp.zeros((), jnp.int32), params, jax.jit(tx.init)(params))
+    state = TrainState(jnp.zeros((), jnp.int32), params, jax.jit(tx.init)(params), amax)
     state = sharding.onto_mesh(state, mesh)
     restored, _ = ckpt.restore(step, abstract(state))
     ckpt.close()
+    if restored.amax is not None:  # the trained histories join the rest
+        rest = nnx.merge_state(rest, restored.amax)
     return RestoredRun(cfg, mcfg, policy, graphdef, restored.params, rest, int(step), mesh)

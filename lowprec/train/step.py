@@ -10,6 +10,7 @@ import optax
 from flax import nnx
 
 from lowprec.models.llama import cross_entropy
+from lowprec.nn import AmaxHistory
 from lowprec.optim import LossScaleState, find_state, scale_loss
 
 
@@ -19,6 +20,7 @@ class TrainState(NamedTuple):
     step: jax.Array      # int32 scalar: optimizer steps taken
     params: Any          # nnx.State of the model's Params
     opt_state: Any       # the optimizer's state (master weights, moments, loss scale)
+    amax: Any = None     # nnx.State of the model's AmaxHistory variables (delayed scaling), or None
 
 
 class FinetuneState(NamedTuple):
@@ -29,15 +31,24 @@ class FinetuneState(NamedTuple):
     params: Any          # nnx.State of the trainable variables (the adapters)
     opt_state: Any       # the optimizer's state over ``params`` only
     frozen: Any          # nnx.State of the frozen variables
+    amax: Any = None     # as in TrainState
+
+
+def split_histories(rest):
+    """(the AmaxHistory variables of ``rest`` as a State, or None when it has none; the others).
+    A delayed-scaling model's histories are step state: carried in ``TrainState.amax``."""
+    amax, others = nnx.split_state(rest, AmaxHistory, ...)
+    return (amax if nnx.to_flat_state(amax) else None), others
 
 
 def make_loss_fn(graphdef, rest, key):
-    """loss(params, tokens_BxT, step, frozen=None) -> per-sequence mean next-token cross entropy
-    (nats), (B,); ``frozen``: the model's frozen variables, when it has any (never differentiated)."""
-    def loss_fn(params, tokens_BxT, step, frozen=None):
+    """loss(params, tokens_BxT, step, frozen=None, amax=None) -> per-sequence mean next-token
+    cross entropy (nats), (B,); ``frozen``: the model's frozen variables, when it has any (never
+    differentiated); ``amax``: its amax histories, when it has any (``split_histories``)."""
+    def loss_fn(params, tokens_BxT, step, frozen=None, amax=None):
         # Rebuilt as new Variables at this trace level: nnx.scan refuses variables of an outer one.
-        frozen = () if frozen is None else (jax.tree.map(lambda x: x, frozen),)
-        model = nnx.merge(graphdef, params, *frozen, rest)
+        extra = tuple(jax.tree.map(lambda x: x, v) for v in (frozen, amax) if v is not None)
+        model = nnx.merge(graphdef, params, *extra, rest)
         logits_BxLxV = model(tokens_BxT[:, :-1], key=jax.random.fold_in(key, step))
         return cross_entropy(logits_BxLxV, tokens_BxT[:, 1:], reduce=False)
     return loss_fn
@@ -45,25 +56,30 @@ def make_loss_fn(graphdef, rest, key):
 
 def make_train_step(loss_fn, tx: optax.GradientTransformation, grad_accum: int, loss_scaled: bool):
     """(state, tokens_BxT) -> (state, metrics); gradients accumulate over ``grad_accum``
-    micro-batches with lax.scan (one compiled micro-step whatever the count)."""
+    micro-batches with lax.scan (one compiled micro-step whatever the count). Amax histories
+    (``state.amax``) become their gradient, the updated history (``ops.dot``); over
+    micro-batches the newest amax is the largest of theirs."""
 
-    def micro(params, frozen, opt_state, tokens, step):
-        def scaled(p):
-            loss = jnp.mean(loss_fn(p, tokens, step, frozen))
+    def micro(params, frozen, amax, opt_state, tokens, step):
+        def scaled(p, h):
+            loss = jnp.mean(loss_fn(p, tokens, step, frozen, h))
             return (scale_loss(loss, opt_state) if loss_scaled else loss), loss
-        (_, loss), grads = jax.value_and_grad(scaled, has_aux=True)(params)
-        return loss, grads
+        (_, loss), (grads, new_amax) = jax.value_and_grad(scaled, argnums=(0, 1), has_aux=True)(params, amax)
+        return loss, grads, new_amax
 
     def train_step(state: TrainState | FinetuneState, tokens_BxT):
         frozen = getattr(state, "frozen", None)
         mb = tokens_BxT.reshape(grad_accum, -1, tokens_BxT.shape[-1])
 
         def body(carry, tokens):
-            loss, grads = micro(state.params, frozen, state.opt_state, tokens, state.step)
-            return jax.tree.map(jnp.add, carry, (loss, grads)), None
+            loss, grads, new_amax = micro(state.params, frozen, state.amax, state.opt_state, tokens, state.step)
+            (loss0, grads0), amax0 = carry
+            return ((loss0 + loss, jax.tree.map(jnp.add, grads0, grads)),
+                    jax.tree.map(jnp.maximum, amax0, new_amax)), None
 
-        zero = (jnp.zeros((), jnp.float32), jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params))
-        (loss, grads), _ = jax.lax.scan(body, zero, mb)
+        zero = ((jnp.zeros((), jnp.float32), jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)),
+                jax.tree.map(jnp.zeros_like, state.amax))
+        ((loss, grads), amax), _ = jax.lax.scan(body, zero, mb)
         loss, grads = loss / grad_accum, jax.tree.map(lambda g: g / grad_accum, grads)
         with jax.named_scope("optimizer"):  # profiles attribute its kernels by this name
             updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -72,15 +88,16 @@ def make_train_step(loss_fn, tx: optax.GradientTransformation, grad_accum: int, 
         if loss_scaled:
             ls = find_state(opt_state, LossScaleState)
             metrics.update(loss_scale=ls.scale, skipped_steps=ls.skipped_steps)
-        return state._replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        return state._replace(step=state.step + 1, params=params, opt_state=opt_state, amax=amax), metrics
 
     return train_step
 
 
 def make_eval_step(loss_fn):
-    """(params, tokens_BxT, valid_B, frozen=None) -> (sum of per-sequence losses, number of valid sequences)."""
-    def eval_step(params, tokens_BxT, valid_B, frozen=None):
-        per_seq = loss_fn(params, tokens_BxT, jnp.int32(0), frozen)
+    """(params, tokens_BxT, valid_B, frozen=None, amax=None) -> (sum of per-sequence losses,
+    number of valid sequences)."""
+    def eval_step(params, tokens_BxT, valid_B, frozen=None, amax=None):
+        per_seq = loss_fn(params, tokens_BxT, jnp.int32(0), frozen, amax)
         w = valid_B.astype(jnp.float32)
         return jnp.sum(per_seq * w), jnp.sum(w)
     return eval_step

@@ -9,20 +9,23 @@ from flax import nnx
 
 from lowprec import ops
 from lowprec.models.llama import Llama, cross_entropy
-from lowprec.nn import GradTelemetry, assign_recipes
+from lowprec.nn import AmaxHistory, GradTelemetry, assign_recipes
 
 
 def make_telemetry_fn(mcfg, rules, seed: int):
-    """A jitted ``(params, tokens_BxT) -> {name: value}`` over a telemetry-enabled twin of the
-    model (same parameters): forward roles from sown intermediates, backward roles from the
-    gradient of each layer's telemetry probe. Names: ``<layer path>[<index>]/<role>/<stat>``."""
+    """A jitted ``(params, tokens_BxT, amax=None) -> {name: value}`` over a telemetry-enabled twin
+    of the model (same parameters; ``amax``: the model's amax histories, when it has any):
+    forward roles from sown intermediates, backward roles from the gradient of each layer's
+    telemetry probe. Names: ``<layer path>[<index>]/<role>/<stat>``."""
     twin = Llama(mcfg.__class__(**{**mcfg.__dict__, "telemetry": True}), nnx.Rngs(seed))
     assign_recipes(twin, rules)
-    graphdef, _, probes, rest = nnx.split(twin, nnx.Param, GradTelemetry, ...)
+    graphdef, _, probes, own_amax, rest = nnx.split(twin, nnx.Param, GradTelemetry, AmaxHistory, ...)
 
-    def fn(params, tokens_BxT):
+    def fn(params, tokens_BxT, amax=None):
+        amax = own_amax if amax is None else amax
+
         def loss(param_state, probe_state):  # both differentiated: one trace level for nnx.scan
-            model = nnx.merge(graphdef, param_state, probe_state, rest)
+            model = nnx.merge(graphdef, param_state, probe_state, jax.tree.map(lambda x: x, amax), rest)
             logits = model(tokens_BxT[:, :-1])
             return cross_entropy(logits, tokens_BxT[:, 1:]), nnx.pop(model, nnx.Intermediate)
         (_, grads), inter = jax.grad(loss, argnums=(0, 1), has_aux=True)(params, probes)

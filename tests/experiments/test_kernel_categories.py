@@ -40,7 +40,7 @@ def test_names_without_hlo_fall_back_to_the_kernel_name():
 
 
 def test_the_train_step_names_its_optimizer_scope():
-    def loss_fn(params, tokens, step, frozen=None):
+    def loss_fn(params, tokens, step, frozen=None, amax=None):
         return tokens[:, 1:].astype(jnp.float32) @ params["w"]
 
     tx = optax.adamw(1e-3)

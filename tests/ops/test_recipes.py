@@ -73,7 +73,8 @@ def test_register_a_custom_recipe():
     (dict(native_fp8="yes"), "unknown Recipe.native_fp8 'yes'; known: auto, off, on"),
     (dict(fwd_act="e4m3fn"), "Recipe.fwd_act must be a Quantizer or None"),
     (dict(compute_dtype="fp9"), "Recipe.compute_dtype: 'fp9' is not a dtype"),
-    (dict(fwd_weight=lp.Quantizer("e4m3fn", source="delayed")), "fwd_weight: source='delayed' is not supported"),
+    (dict(fwd_weight=lp.Quantizer("e4m3fn", "channel", source="delayed")),
+     "fwd_weight: source='delayed' needs granularity='tensor'"),
     (dict(wgrad_act=recipes.fp4_paper.fwd_act), "wgrad_act: OCC applies to the forward activation only"),
 ])
 def test_recipe_errors_name_the_field_and_allowed_values(kwargs, match):

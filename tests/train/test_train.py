@@ -142,3 +142,44 @@ def test_nonfinite_loss_names_step_and_layer(tmp_path):
     with pytest.raises(loop.NonFiniteLoss, match=r"at step \d+ .*first non-finite: layer 0"):
         loop.train(cfg, str(tmp_path))
     assert RunDir(str(tmp_path)).status()[0] == "failed"
+
+
+def test_delayed_scaling_carries_its_histories_and_resumes_bit_identically(tmp_path):
+    from lowprec.ops import ROLES
+    from lowprec.train import restore
+
+    cfg = smoke(**{"recipe": "fp8_delayed", "train.steps": 8, "train.log_every": 2, "train.eval_every": 4,
+                   "train.checkpoint_every": 100})
+    loop.train(cfg, str(tmp_path / "a"))
+    loop.train(cfg, str(tmp_path / "b"), stop_at=5)
+    loop.train(cfg, str(tmp_path / "b"))
+    assert losses(tmp_path / "b") == losses(tmp_path / "a")
+    assert losses(tmp_path / "b", "val") == losses(tmp_path / "a", "val")
+    history = np.asarray(restore.load_run(str(tmp_path / "a")).model.blocks.mlp.down.amax_history[...])
+    delayed = [ROLES.index(r) for r in ("fwd_act", "fwd_weight", "dgrad_grad", "wgrad_grad")]
+    assert history.shape == (2, len(ROLES), 16)  # two stacked layers
+    assert np.all(history[:, delayed, :8] > 0) and not history[:, delayed, 8:].any()  # one amax per step
+    assert not history[:, [ROLES.index("dgrad_weight"), ROLES.index("wgrad_act")]].any()  # reused roles
+
+
+def test_gradient_accumulation_keeps_the_largest_amax_of_the_micro_batches():
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    import lowprec as lp
+    from lowprec.train.step import TrainState, make_loss_fn, make_train_step, split_histories
+
+    model = lp.nn.QuantDense(8, 4, recipe="fp8_delayed", use_bias=False, rngs=nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    amax, rest = split_histories(rest)
+
+    def loss_fn(p, tokens, step, frozen=None, h=None):  # tokens: (B, 9) floats standing for inputs
+        m = nnx.merge(graphdef, p, h, rest)
+        return jnp.sum(m(tokens[:, :8]) ** 2, axis=-1)
+
+    x = jnp.concatenate([jnp.ones((2, 9)), 100 * jnp.ones((2, 9))])  # second micro-batch: larger
+    state = TrainState(jnp.zeros((), jnp.int32), params, optax.sgd(0.0).init(params), amax)
+    new, _ = make_train_step(loss_fn, optax.sgd(0.0), 2, False)(state, x)
+    row = np.asarray(new.amax["amax_history"][...])[lp.ops.ROLES.index("fwd_act")]
+    assert row[0] == 100.0 and not row[1:].any()
