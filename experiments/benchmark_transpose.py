@@ -14,7 +14,10 @@ the transposed layout; all give the same bits (checked), only the kernels XLA em
 - ``fp8 transpose``: quantize, then an optimization barrier, then the 1-byte transpose;
 - ``bf16 transpose``: the 2-byte transpose first, a barrier, then the quantize;
 - ``both layouts``: the quantized operand and its transpose from one jit (what a layer needs:
-  the forward GEMM uses one, the weight-gradient GEMM the other).
+  the forward GEMM uses one, the weight-gradient GEMM the other);
+- ``pallas: both layouts``: the same from one Pallas kernel (``--block`` square tiles): each tile
+  read once, written in both layouts, as Transformer Engine's cast-transpose kernel does (the
+  interpreter on a CPU, Triton on a GPU). An experiment: the library does not use it.
 
 Times are medians; ``x copy`` compares with a bf16 copy of the operand (read + write).
 """
@@ -26,6 +29,7 @@ import argparse
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import pallas as pl
 
 from experiments.common import environment, time_fn, write_json
 
@@ -36,7 +40,26 @@ def _q(x, s):
     return (x.astype(jnp.float32) * s).astype(F8)
 
 
-def variants() -> dict:
+def cast_transpose(x, s, block: int = 64):
+    """(E4M3 of ``x * s``, its transpose) from one Pallas kernel over ``block``-square tiles."""
+    rows, cols = x.shape
+    if rows % block or cols % block:
+        raise ValueError(f"--block {block} must divide the operand's shape {x.shape}")
+
+    def kernel(x_ref, s_ref, o_ref, ot_ref):
+        v = x_ref[...].astype(jnp.float32) * s_ref[0]
+        o_ref[...] = v.astype(F8)
+        ot_ref[...] = v.T.astype(F8)
+
+    return pl.pallas_call(
+        kernel, grid=(rows // block, cols // block),
+        in_specs=[pl.BlockSpec((block, block), lambda i, j: (i, j)), pl.BlockSpec((1,), lambda i, j: (0,))],
+        out_specs=[pl.BlockSpec((block, block), lambda i, j: (i, j)), pl.BlockSpec((block, block), lambda i, j: (j, i))],
+        out_shape=[jax.ShapeDtypeStruct((rows, cols), F8), jax.ShapeDtypeStruct((cols, rows), F8)],
+        interpret=jax.default_backend() == "cpu")(x, jnp.reshape(s, (1,)).astype(jnp.float32))
+
+
+def variants(block: int = 64) -> dict:
     barrier = jax.lax.optimization_barrier
     return {
         "quantize (no transpose)": jax.jit(lambda x, s: _q(x, s)),
@@ -44,6 +67,7 @@ def variants() -> dict:
         "fp8 transpose: quantize, barrier, transpose": jax.jit(lambda x, s: barrier(_q(x, s)).T),
         "bf16 transpose: transpose, barrier, quantize": jax.jit(lambda x, s: _q(barrier(x.T), s)),
         "both layouts: quantize and transpose(quantize)": jax.jit(lambda x, s: (_q(x, s), _q(x, s).T)),
+        "pallas: both layouts in one kernel": jax.jit(lambda x, s: tuple(cast_transpose(x, s, block))),
     }
 
 
@@ -52,6 +76,7 @@ def main(argv=None):
     parser.add_argument("--rows", type=int, default=8192)
     parser.add_argument("--cols", type=int, default=8192)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--block", type=int, default=64, help="tile of the Pallas variant")
     parser.add_argument("--out", default="experiments/results/benchmarks/transpose.json")
     args = parser.parse_args(argv)
     x = jax.random.normal(jax.random.key(0), (args.rows, args.cols), jnp.bfloat16)
@@ -59,12 +84,14 @@ def main(argv=None):
     t_copy = time_fn(jax.jit(lambda v: -v), x, repeats=args.repeats)
     want = np.asarray(_q(x, s)).T.view(np.uint8)
     results = {"copy (bf16)": {"seconds": t_copy}}
-    for name, fn in variants().items():
+    for name, fn in variants(args.block).items():
         out = fn(x, s)
         got = out[-1] if isinstance(out, tuple) else out
         bits = np.asarray(got).view(np.uint8)
         expected = want.T if name.startswith("quantize (no transpose)") else want
         same = bits.shape == expected.shape and bool((bits == expected).all())
+        if isinstance(out, tuple):  # the untransposed layout too
+            same = same and bool((np.asarray(out[0]).view(np.uint8) == want.T).all())
         t = time_fn(fn, x, s, repeats=args.repeats)
         results[name] = {"seconds": t, "time_vs_copy": t / t_copy, "same_bits": same}
     env = environment()
