@@ -39,7 +39,7 @@ def test_transpose_benchmark_variants_give_the_same_bits(tmp_path):
     from experiments import benchmark_transpose
 
     out = tmp_path / "t.json"
-    benchmark_transpose.main(["--rows", "64", "--cols", "96", "--repeats", "1", "--out", str(out)])
+    benchmark_transpose.main(["--rows", "64", "--cols", "96", "--repeats", "1", "--block", "32", "--out", str(out)])
     results = json.loads(out.read_text())["results"]
     assert set(results) == {"copy (bf16)", *benchmark_transpose.variants()}
     assert all(r["same_bits"] and r["seconds"] > 0 for k, r in results.items() if k != "copy (bf16)")
