@@ -125,3 +125,14 @@ def test_stacked_layers_get_one_history_each_through_scan():
     newest = np.asarray(model.blocks.attn.q.amax_history[...][:, :, 0])
     assert np.all(newest[:, [0, 1, 2, 4]] > 0) and not newest[:, [3, 5]].any()
     assert not np.array_equal(newest[0], newest[1])  # each layer recorded its own operands
+
+
+def test_quant_einsum_scales_from_its_history_too():
+    layer = lp.nn.QuantEinsum("btd,dnh->btnh", (32, 4, 8), recipe="fp8_delayed", dtype=jnp.bfloat16,
+                              rngs=nnx.Rngs(0))
+    assert layer.amax_history.shape == (6, 16)
+    x = jax.random.normal(jax.random.key(2), (2, 5, 32), jnp.bfloat16)
+    grads = nnx.grad(lambda m: jnp.sum(m(x).astype(jnp.float32) ** 2),
+                     argnums=nnx.DiffState(0, nnx.Any(nnx.Param, lp.nn.AmaxHistory)))(layer)
+    lp.nn.update_amax_histories(layer, grads)
+    assert float(layer.amax_history[...][ROLES.index("fwd_act"), 0]) == _amax(x)
