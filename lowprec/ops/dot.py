@@ -117,7 +117,7 @@ class _Saved(NamedTuple):
     residual: jax.Array | None  # OCC's residual, for the separate compensation's weight gradient
     key: Any
     history: jax.Array | None  # delayed scaling: the history and the forward roles' amaxes
-    fwd_amax: dict | None
+    fwd_amax: dict
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -136,10 +136,13 @@ def _history_row(cfg: _Config, history, role: str):
     return None if history is None or q is None or q.source != "delayed" else history[ROLES.index(role)]
 
 
-def _record(cfg: _Config, history, amaxes: dict, role: str, x) -> None:
-    """Records the amax of ``x`` (what ``role``'s quantizer saw) when ``role`` is delayed."""
-    if _history_row(cfg, history, role) is not None:
+def _quantize(cfg: _Config, history, amaxes: dict, role: str, x, q, contraction, keys):
+    """``operand.quantize`` of ``x`` by ``q`` for ``role``; a delayed role is scaled from its row
+    of ``history`` and records the amax of ``x`` in ``amaxes``."""
+    row = _history_row(cfg, history, role)
+    if row is not None:
         amaxes[role] = scaling.tensor_amax(x, barrier=False).reshape(())
+    return operand.quantize(x, q, contraction, keys[role], cfg.compute_dtype, row)
 
 
 def _forward(cfg: _Config, lhs, rhs, key, history):
@@ -153,13 +156,9 @@ def _forward(cfg: _Config, lhs, rhs, key, history):
         x, delta = occ_lib.clamp(lhs, occ)
         clamped = delta != 0
         residual = delta.astype(occ.residual_dtype) if occ.compensate else None
-    act, act_s = operand.quantize(x, q_act, lc, keys["fwd_act"], cfg.compute_dtype,
-                                  _history_row(cfg, history, "fwd_act"))
-    weight, weight_s = operand.quantize(rhs, q_w, rc, keys["fwd_weight"], cfg.compute_dtype,
-                                        _history_row(cfg, history, "fwd_weight"))
     fwd_amax = {}
-    _record(cfg, history, fwd_amax, "fwd_act", x)
-    _record(cfg, history, fwd_amax, "fwd_weight", rhs)
+    act, act_s = _quantize(cfg, history, fwd_amax, "fwd_act", x, q_act, lc, keys)
+    weight, weight_s = _quantize(cfg, history, fwd_amax, "fwd_weight", rhs, q_w, rc, keys)
     stats = None
     if cfg.telemetry:
         stats = telemetry.rows({"fwd_act": _act_stats(lhs, x, act, act_s, q_act, lc, clamped, residual),
@@ -178,15 +177,14 @@ def _forward(cfg: _Config, lhs, rhs, key, history):
         act=act if r.reuse_forward else None, weight=weight if r.reuse_forward else None,
         lhs=None if r.reuse_forward else lhs, rhs=rhs if (w_d or not r.reuse_forward) else None,
         act_input=x if act_d else None, act_scale=act_s if act_d else None, weight_scale=weight_s if w_d else None,
-        residual=residual if separate else None, key=key, history=history,
-        fwd_amax=fwd_amax if history is not None else None)
+        residual=residual if separate else None, key=key, history=history, fwd_amax=fwd_amax)
     return y.astype(cfg.out_dtype), stats, saved
 
 
 def _qdot_bwd(cfg: _Config, saved: _Saved, cts):
     g, by_role = cts[0], {}
     keys = _role_keys(saved.key)
-    amaxes = dict(saved.fwd_amax or {})
+    amaxes = dict(saved.fwd_amax)
     dx = _grad_input(cfg, saved, g, keys, by_role, amaxes)
     dw = _grad_weight(cfg, saved, g, keys, by_role, amaxes)
     probe_ct = telemetry.rows(by_role) if cfg.telemetry else None
@@ -202,14 +200,10 @@ def _grad_input(cfg: _Config, saved: _Saved, g, keys, by_role, amaxes):
     """grad x weight^T, through the activation quantizer's estimator."""
     r, gi, lc = cfg.recipe, dims.grad_input(cfg.dn, *cfg.ndims), cfg.dn[0][0]
     (g_c, w_c), _ = gi.dn
-    g1, g1_s = operand.quantize(g, r.dgrad_grad, g_c, keys["dgrad_grad"], cfg.compute_dtype,
-                                _history_row(cfg, saved.history, "dgrad_grad"))
-    _record(cfg, saved.history, amaxes, "dgrad_grad", g)
+    g1, g1_s = _quantize(cfg, saved.history, amaxes, "dgrad_grad", g, r.dgrad_grad, g_c, keys)
     weight = saved.weight
     if weight is None:
-        weight, w_s = operand.quantize(saved.rhs, r.dgrad_weight, w_c, keys["dgrad_weight"], cfg.compute_dtype,
-                                       _history_row(cfg, saved.history, "dgrad_weight"))
-        _record(cfg, saved.history, amaxes, "dgrad_weight", saved.rhs)
+        weight, w_s = _quantize(cfg, saved.history, amaxes, "dgrad_weight", saved.rhs, r.dgrad_weight, w_c, keys)
         if cfg.telemetry:
             by_role["dgrad_weight"] = _stats(saved.rhs, weight, w_s, r.dgrad_weight, w_c)
     if cfg.telemetry:
@@ -226,14 +220,10 @@ def _grad_weight(cfg: _Config, saved: _Saved, g, keys, by_role, amaxes):
     estimator, plus the separate OCC compensation's weight gradient."""
     r, gw, rc = cfg.recipe, dims.grad_weight(cfg.dn, *cfg.ndims), cfg.dn[0][1]
     (g_c, a_c), _ = gw.dn
-    g2, g2_s = operand.quantize(g, r.wgrad_grad, g_c, keys["wgrad_grad"], cfg.compute_dtype,
-                                _history_row(cfg, saved.history, "wgrad_grad"))
-    _record(cfg, saved.history, amaxes, "wgrad_grad", g)
+    g2, g2_s = _quantize(cfg, saved.history, amaxes, "wgrad_grad", g, r.wgrad_grad, g_c, keys)
     act = saved.act
     if act is None:
-        act, a_s = operand.quantize(saved.lhs, r.wgrad_act, a_c, keys["wgrad_act"], cfg.compute_dtype,
-                                    _history_row(cfg, saved.history, "wgrad_act"))
-        _record(cfg, saved.history, amaxes, "wgrad_act", saved.lhs)
+        act, a_s = _quantize(cfg, saved.history, amaxes, "wgrad_act", saved.lhs, r.wgrad_act, a_c, keys)
         if cfg.telemetry:
             by_role["wgrad_act"] = _stats(saved.lhs, act, a_s, r.wgrad_act, a_c)
     if cfg.telemetry:
