@@ -33,6 +33,7 @@ RECIPES = {  # the first is the baseline of the ratios; None is plain nnx.Linear
     "nnx.Linear bf16 (reference)": None,
     "fp8": recipes.fp8,
     "fp8 (separate transposes)": recipes.fp8.replace(fp8_transposes="separate", name="fp8_separate_transposes"),
+    "fp8 (pallas cast-transpose)": recipes.fp8_pallas,
     "fp8 (delayed scaling)": recipes.fp8_delayed,
     "fp4_paper (approx quantile)": recipes.fp4(dge_k=5, occ_alpha=0.99, quantile="approx", name="fp4_paper_approx"),
     "fp4_paper (exact quantile)": recipes.fp4_paper,

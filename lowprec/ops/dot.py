@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lowprec.ops import dims, operand, recipes, telemetry
+from lowprec.ops import cast_transpose, dims, native, operand, recipes, telemetry
 from lowprec.ops.gemm import gemm
 from lowprec.ops.operand import Operand
 from lowprec.ops.recipe import ROLES, Recipe
@@ -136,18 +136,40 @@ def _history_row(cfg: _Config, history, role: str):
     return None if history is None or q is None or q.source != "delayed" else history[ROLES.index(role)]
 
 
-def _quantize(cfg: _Config, history, amaxes: dict, role: str, x, q, contraction, keys):
+def _quantize(cfg: _Config, history, amaxes: dict, role: str, x, q, contraction, keys, split=None):
     """``operand.quantize`` of ``x`` by ``q`` for ``role``; a delayed role is scaled from its row
     of ``history`` and records the amax of ``x`` in ``amaxes``."""
     row = _history_row(cfg, history, role)
     if row is not None:
         amaxes[role] = scaling.tensor_amax(x, barrier=False).reshape(())
-    return operand.quantize(x, q, contraction, keys[role], cfg.compute_dtype, row)
+    return operand.quantize(x, q, contraction, keys[role], cfg.compute_dtype, row, split)
+
+
+def _two_layouts(cfg: _Config, x, contraction, batch, q, partner) -> int | None:
+    """With ``fp8_transposes="pallas"``: the split at which ``x`` (quantized by ``q``, multiplied
+    with an operand quantized by ``partner``) gets both its GEMM layouts from one kernel, when
+    two GEMMs use it and they run on FP8 tensor cores; else None."""
+    r = cfg.recipe
+    if r.fp8_transposes != "pallas" or q is None or partner is None:
+        return None
+    names = (native.cast_dtype_for(q.format), native.cast_dtype_for(partner.format))
+    if None in names or native.choose(*names, r.native_fp8)[0] != "native_fp8":
+        return None
+    return cast_transpose.split_of(x.ndim, contraction, batch)
+
+
+def _shared_grad(cfg: _Config) -> bool:
+    """Whether both backward GEMMs take the same quantized output gradient (one quantizer, no
+    stochastic rounding, no history of its own): then it is quantized once, in both layouts."""
+    r = cfg.recipe
+    q = r.dgrad_grad
+    return (r.fp8_transposes == "pallas" and q is not None and q == r.wgrad_grad and q.rounding != "stochastic"
+            and q.source != "delayed")
 
 
 def _forward(cfg: _Config, lhs, rhs, key, history):
     """(output, forward telemetry or None, what the backward pass needs)."""
-    r, ((lc, rc), _) = cfg.recipe, cfg.dn
+    r, ((lc, rc), (lb, rb)) = cfg.recipe, cfg.dn
     keys = _role_keys(key)
     q_act, q_w = r.fwd_act, r.fwd_weight
     x, occ, clamped, residual = lhs, None, None, None
@@ -157,8 +179,11 @@ def _forward(cfg: _Config, lhs, rhs, key, history):
         clamped = delta != 0
         residual = delta.astype(occ.residual_dtype) if occ.compensate else None
     fwd_amax = {}
-    act, act_s = _quantize(cfg, history, fwd_amax, "fwd_act", x, q_act, lc, keys)
-    weight, weight_s = _quantize(cfg, history, fwd_amax, "fwd_weight", rhs, q_w, rc, keys)
+    reused = r.reuse_forward and residual is None
+    act, act_s = _quantize(cfg, history, fwd_amax, "fwd_act", x, q_act, lc, keys,
+                           _two_layouts(cfg, x, lc, lb, q_act, q_w) if reused else None)
+    weight, weight_s = _quantize(cfg, history, fwd_amax, "fwd_weight", rhs, q_w, rc, keys,
+                                 _two_layouts(cfg, rhs, rc, rb, q_w, q_act) if reused else None)
     stats = None
     if cfg.telemetry:
         stats = telemetry.rows({"fwd_act": _act_stats(lhs, x, act, act_s, q_act, lc, clamped, residual),
@@ -185,8 +210,15 @@ def _qdot_bwd(cfg: _Config, saved: _Saved, cts):
     g, by_role = cts[0], {}
     keys = _role_keys(saved.key)
     amaxes = dict(saved.fwd_amax)
-    dx = _grad_input(cfg, saved, g, keys, by_role, amaxes)
-    dw = _grad_weight(cfg, saved, g, keys, by_role, amaxes)
+    shared = None
+    if _shared_grad(cfg):  # both layouts of the output gradient at once
+        gi = dims.grad_input(cfg.dn, *cfg.ndims)
+        (g_c, _), (g_b, _) = gi.dn
+        w_q = cfg.recipe.fwd_weight if cfg.recipe.reuse_forward else cfg.recipe.dgrad_weight
+        shared = _quantize(cfg, saved.history, amaxes, "dgrad_grad", g, cfg.recipe.dgrad_grad, g_c, keys,
+                           _two_layouts(cfg, g, g_c, g_b, cfg.recipe.dgrad_grad, w_q))
+    dx = _grad_input(cfg, saved, g, keys, by_role, amaxes, shared)
+    dw = _grad_weight(cfg, saved, g, keys, by_role, amaxes, shared)
     probe_ct = telemetry.rows(by_role) if cfg.telemetry else None
     history_ct = None
     if saved.history is not None:
@@ -196,11 +228,12 @@ def _qdot_bwd(cfg: _Config, saved: _Saved, cts):
     return dx.astype(cfg.lhs_dtype), dw.astype(cfg.rhs_dtype), None, probe_ct, history_ct
 
 
-def _grad_input(cfg: _Config, saved: _Saved, g, keys, by_role, amaxes):
-    """grad x weight^T, through the activation quantizer's estimator."""
+def _grad_input(cfg: _Config, saved: _Saved, g, keys, by_role, amaxes, shared=None):
+    """grad x weight^T, through the activation quantizer's estimator. ``shared``: the output
+    gradient already quantized for both backward GEMMs."""
     r, gi, lc = cfg.recipe, dims.grad_input(cfg.dn, *cfg.ndims), cfg.dn[0][0]
     (g_c, w_c), _ = gi.dn
-    g1, g1_s = _quantize(cfg, saved.history, amaxes, "dgrad_grad", g, r.dgrad_grad, g_c, keys)
+    g1, g1_s = shared or _quantize(cfg, saved.history, amaxes, "dgrad_grad", g, r.dgrad_grad, g_c, keys)
     weight = saved.weight
     if weight is None:
         weight, w_s = _quantize(cfg, saved.history, amaxes, "dgrad_weight", saved.rhs, r.dgrad_weight, w_c, keys)
@@ -215,12 +248,12 @@ def _grad_input(cfg: _Config, saved: _Saved, g, keys, by_role, amaxes):
     return dx if d is None else dx.astype(jnp.float32) * d
 
 
-def _grad_weight(cfg: _Config, saved: _Saved, g, keys, by_role, amaxes):
+def _grad_weight(cfg: _Config, saved: _Saved, g, keys, by_role, amaxes, shared=None):
     """grad x activation (transposed to the weight's layout), through the weight quantizer's
     estimator, plus the separate OCC compensation's weight gradient."""
     r, gw, rc = cfg.recipe, dims.grad_weight(cfg.dn, *cfg.ndims), cfg.dn[0][1]
     (g_c, a_c), _ = gw.dn
-    g2, g2_s = _quantize(cfg, saved.history, amaxes, "wgrad_grad", g, r.wgrad_grad, g_c, keys)
+    g2, g2_s = shared or _quantize(cfg, saved.history, amaxes, "wgrad_grad", g, r.wgrad_grad, g_c, keys)
     act = saved.act
     if act is None:
         act, a_s = _quantize(cfg, saved.history, amaxes, "wgrad_act", saved.lhs, r.wgrad_act, a_c, keys)

@@ -46,7 +46,7 @@ def gemm(a: Operand, b: Operand, dn: dims.DimensionNumbers, *, role: str, comput
     exact = all(op.scale is None or op.pow2 for op in (a, b))
     result_dtype = out_dtype if out_dtype is not None and exact else accum_dtype
     if path == "native_fp8":
-        acc = _fp8_dot(a.values, b.values, dn, result_dtype, fp8_transposes)
+        acc = _fp8_dot(a, b, dn, result_dtype, fp8_transposes)
     else:
         dtype = _simulation_dtype(compute_dtype, result_dtype)
         acc = lax.dot_general(native.widen(a.values, dtype), native.widen(b.values, dtype), dn, precision=precision,
@@ -99,27 +99,33 @@ def _fold_pow2(op: Operand, compute_dtype) -> Operand:
     return Operand(op.dequantize().astype(compute_dtype))
 
 
-def _in_layout(x, perm: tuple, transposes: str):
-    """``x`` transposed by ``perm`` (nothing when it is the identity). ``transposes``:
-    ``"fused"`` leaves XLA to fuse the transpose into the quantization that produced ``x``;
-    ``"separate"`` puts an optimization barrier first (the quantization writes the FP8 values
-    as they are, a plain 1-byte transpose follows). Same bits either way."""
+def _in_layout(op: Operand, perm: tuple, transposes: str):
+    """``op.values`` transposed by ``perm`` (nothing when it is the identity): the operand's own
+    ``transposed`` layout when it is that one (``"pallas"``), else by XLA: ``"fused"`` leaves
+    XLA to fuse the transpose into the quantization that produced the values; ``"separate"``
+    puts an optimization barrier first (the quantization writes the FP8 values as they are, a
+    plain 1-byte transpose follows). Same bits every way."""
+    x = op.values
     if perm == tuple(range(x.ndim)):
         return x
+    made = op.in_layout(perm)
+    if made is not None:
+        return made
     if transposes == "separate":
         x = lax.optimization_barrier(x)
     return x.transpose(perm)
 
 
-def _fp8_dot(a, b, dn, result_dtype, transposes: str = "fused"):
+def _fp8_dot(a_op: Operand, b_op: Operand, dn, result_dtype, transposes: str = "fused"):
     """dot_general on FP8 operands in the layout cuBLASLt's FP8 GEMM takes: both operands
     (batch, free, contracted), i.e. A x B^T, then reshaped to dot_general's output layout."""
     (ac, bc), (ab, bb) = dn
+    a, b = a_op.values, b_op.values
     af, bf = dims.free(a.ndim, ac, ab), dims.free(b.ndim, bc, bb)
     batch = tuple(a.shape[d] for d in ab)
     lead = (math.prod(batch),) if batch else ()
-    a3 = _in_layout(a, ab + af + ac, transposes).reshape(lead + (math.prod(a.shape[d] for d in af), -1))
-    b3 = _in_layout(b, bb + bf + bc, transposes).reshape(lead + (math.prod(b.shape[d] for d in bf), -1))
+    a3 = _in_layout(a_op, ab + af + ac, transposes).reshape(lead + (math.prod(a.shape[d] for d in af), -1))
+    b3 = _in_layout(b_op, bb + bf + bc, transposes).reshape(lead + (math.prod(b.shape[d] for d in bf), -1))
     nd = a3.ndim
     gemm_dn = (((nd - 1,), (nd - 1,)), ((0,), (0,)) if batch else ((), ()))
     out = lax.dot_general(a3, b3, gemm_dn, preferred_element_type=result_dtype)

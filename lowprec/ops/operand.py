@@ -5,13 +5,17 @@ applied to the GEMM's output."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 
 import jax
 import jax.numpy as jnp
 
-from lowprec.ops import native
+from lowprec.ops import cast_transpose, native
 from lowprec.quant import Quantizer
+
+logger = logging.getLogger(__name__)
+_logged: set = set()
 
 _FACTORABLE = ("tensor", "axis")
 _POW2_RULES = ("pow2_floor", "pow2_ceil", "pow2_nearest", "e8m0fnu")
@@ -25,11 +29,22 @@ class Operand:
     Quantized per tensor or per vector, ``values`` are the format's grid values, held in an
     FP8 dtype when that is exact, and ``scale`` is 1 along the quantizer's contraction axes.
     ``pow2``: every scale is a power of two, so multiplying by it is exact.
+    ``transposed``: when not None, the same values in the operand's other GEMM layout: ``values``
+    viewed as 2-D with its first ``split`` dims as rows, transposed (see ``ops.cast_transpose``).
     """
 
     values: jax.Array
     scale: jax.Array | None = None
     pow2: bool = dataclasses.field(default=False, metadata=dict(static=True))
+    transposed: jax.Array | None = None
+    split: int = dataclasses.field(default=0, metadata=dict(static=True))
+
+    def in_layout(self, perm: tuple[int, ...]) -> jax.Array | None:
+        """``values.transpose(perm)`` when it is the ``transposed`` layout already, else None."""
+        n = self.values.ndim
+        if self.transposed is None or perm != tuple(range(self.split, n)) + tuple(range(self.split)):
+            return None
+        return self.transposed.reshape(tuple(self.values.shape[d] for d in perm))
 
     def dequantize(self) -> jax.Array:
         v = native.widen(self.values, jnp.float32)
@@ -41,12 +56,16 @@ def bind(q: Quantizer, contraction: tuple[int, ...]) -> Quantizer:
     return q.replace(granularity=q.granularity.along(contraction))
 
 
-def quantize(x, q: Quantizer | None, contraction, key, dtype, history=None) -> tuple[Operand, jax.Array | None]:
+def quantize(x, q: Quantizer | None, contraction, key, dtype, history=None,
+             split: int | None = None) -> tuple[Operand, jax.Array | None]:
     """(operand, effective scale per group) of ``x`` for a GEMM contracting ``contraction``.
 
     Unquantized operands are cast to ``dtype``. ``history``: the amax history of a delayed-scaling
     quantizer. Grid values are bit-identical to ``q(x, key)``
     divided by its scales: the same scales and the same rounding onto the format.
+    ``split``: also make the operand's other layout (``Operand.transposed``) in the same pass,
+    by ``ops.cast_transpose``, where ``cast_transpose_reason`` finds nothing against it (else
+    logged once and made the usual way).
     """
     if q is None:
         return Operand(x.astype(dtype)), None
@@ -57,6 +76,13 @@ def quantize(x, q: Quantizer | None, contraction, key, dtype, history=None) -> t
     xg, _ = q.granularity.to_groups(x.astype(jnp.float32))
     factorable = q.granularity.kind in _FACTORABLE
     cast = native.cast_dtype_for(q.format) if _castable(q) and factorable else None
+    if cast is not None and split is not None:
+        why = cast_transpose_reason(x.shape, split, q, s)
+        if why is None:
+            fp8 = native.FP8_DTYPES[cast]
+            values, values_t = cast_transpose.cast_transpose(x, 1.0 / s, fp8, q.format.max, split)
+            return Operand(values, s, True, values_t, split), s
+        _log_no_cast_transpose(x.shape, split, why)
     if cast is not None:  # the same rounding as a saturating convert: cheap, and it fuses into transposes
         unit = jnp.clip(xg / s, -q.format.max, q.format.max).astype(native.FP8_DTYPES[cast])
         return Operand(unit, s, _pow2_scales(q)), s
@@ -68,6 +94,24 @@ def quantize(x, q: Quantizer | None, contraction, key, dtype, history=None) -> t
         return Operand(unit.astype(_storage_dtype(q, dtype)), s, _pow2_scales(q)), s
     values = q.granularity.from_groups(unit * group, x.shape).astype(dtype)
     return Operand(values, None if ts is None else ts.reshape((1,) * x.ndim)), s
+
+
+def cast_transpose_reason(shape, split: int, q: Quantizer, s) -> str | None:
+    """Why ``ops.cast_transpose`` cannot make this FP8 operand's two layouts (None if it can)."""
+    if s.size != 1:
+        return f"its scale is per {q.granularity.kind}, not per tensor"
+    if not _pow2_scales(q):
+        return f"its scale ({q.scale}) is not a power of two"
+    if not cast_transpose.supported(tuple(shape), split):
+        return f"its 2-D view is not a whole number of {cast_transpose.BLOCK}x{cast_transpose.BLOCK} tiles"
+    return None
+
+
+def _log_no_cast_transpose(shape, split, why: str) -> None:
+    key = (tuple(shape), split, why)
+    if key not in _logged:
+        _logged.add(key)
+        logger.info("FP8 operand %s: both layouts from XLA, not the cast-transpose kernel: %s", list(shape), why)
 
 
 def scaled_input(x, q: Quantizer, s) -> jax.Array:

@@ -16,7 +16,7 @@ ROLES = ("fwd_act", "fwd_weight", "dgrad_grad", "dgrad_weight", "wgrad_grad", "w
 REUSED_ROLES = {"dgrad_weight": "fwd_weight", "wgrad_act": "fwd_act"}
 COMPENSATIONS = ("separate", "fused")
 NATIVE_FP8 = ("auto", "off", "on")
-FP8_TRANSPOSES = ("fused", "separate")
+FP8_TRANSPOSES = ("fused", "separate", "pallas")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +46,11 @@ class Recipe:
     updated history as its gradient (see ``ops.dot``).
     ``fp8_transposes``: how an FP8 operand is brought into cuBLASLt's layout when it needs a
     transpose (the weight forward, both operands of the weight gradient): ``"fused"`` (XLA
-    fuses the transpose into the quantization) or ``"separate"`` (the quantization first, then
-    a plain 1-byte transpose); same bits, speed depends on the device (benchmark_gemm).
+    fuses the transpose into the quantization), ``"separate"`` (the quantization first, then
+    a plain 1-byte transpose) or ``"pallas"`` (an operand that two GEMMs use in different
+    layouts gets both from one cast-transpose kernel, ``ops.cast_transpose``: per-tensor
+    power-of-two scales, tiles of 64; others fall back to ``"fused"``, logged); same bits,
+    speed depends on the device (benchmark_gemm).
     """
 
     fwd_act: Quantizer | None = None

@@ -9,6 +9,8 @@
   an FP8 GEMM writes bf16 directly and a simulated one folds them into its operands.
 - ``fp8_delayed``: ``fp8`` with delayed scaling (Transformer Engine's default): each operand's
   scale from the largest amax of the last 16 steps, carried as state (``amax_history``).
+- ``fp8_pallas``: ``fp8`` whose operands get both their GEMM layouts from one Pallas
+  cast-transpose kernel (``ops.cast_transpose``) instead of two XLA passes; same bits.
 - ``fp4_paper``: the FP4 paper (Wang et al. 2025): weights E2M1 per output channel with DGE
   (k=5), activations E2M1 per token with OCC (alpha=0.99), output gradients E5M2 per tensor,
   backward reusing the FP4 operands. ``fp4(...)`` builds its ablations; ``w4a4``, ``w4a8``
@@ -126,6 +128,7 @@ fp8 = register("fp8", Recipe(fwd_act=E4M3_TENSOR, fwd_weight=E4M3_TENSOR, dgrad_
 _E4M3_DELAYED, _E5M2_DELAYED = E4M3_TENSOR.replace(source="delayed"), E5M2_TENSOR.replace(source="delayed")
 fp8_delayed = register("fp8_delayed", fp8.replace(fwd_act=_E4M3_DELAYED, fwd_weight=_E4M3_DELAYED,
                                                   dgrad_grad=_E5M2_DELAYED, wgrad_grad=_E5M2_DELAYED))
+fp8_pallas = register("fp8_pallas", fp8.replace(fp8_transposes="pallas"))
 fp4_paper = register("fp4_paper", fp4(dge_k=5, occ_alpha=0.99))
 # The same method, faster to simulate: OCC's quantiles estimated, and the residual joined to the
 # quantized activation before one GEMM instead of a second GEMM (equal up to bf16 rounding).

@@ -109,7 +109,7 @@ def test_separate_fp8_transposes_change_the_program_not_the_bits(rand):
     for a, b in zip(fused(x, w, g), separate(x, w, g), strict=True):
         np.testing.assert_array_equal(np.asarray(a).view(np.uint16), np.asarray(b).view(np.uint16))
     assert "fp8_transposes=separate" in str(recipes.fp8.replace(fp8_transposes="separate"))
-    with pytest.raises(ValueError, match="unknown Recipe.fp8_transposes 'eager'; known: fused, separate"):
+    with pytest.raises(ValueError, match="unknown Recipe.fp8_transposes 'eager'; known: fused, separate, pallas"):
         recipes.fp8.replace(fp8_transposes="eager")
 
 
