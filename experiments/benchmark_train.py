@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import gzip
 import logging
 import os
 
@@ -18,7 +19,8 @@ import jax
 import jax.numpy as jnp
 
 from configs import lm
-from experiments.common import environment, kernel_categories, kernel_times, time_fn, write_json
+from experiments.common import (environment, hlo_instructions, kernel_categories, kernel_times, time_fn,
+                                write_json)
 from lowprec.train import loop, sharding
 from lowprec.train.progress import model_flops_per_token, peak_flops
 from lowprec.train.step import TrainState, make_loss_fn, make_train_step, split_histories
@@ -52,13 +54,21 @@ def measure(size: str, recipe: str, args) -> dict:
                 jax.block_until_ready(run(tokens))
         every = kernel_times(trace_dir, 3)
         kernels = dict(list(every.items())[:40])
-        categories = kernel_categories(every, compiled.as_text())
+        hlo_text = compiled.as_text()
+        categories = kernel_categories(every, hlo_text)
+        ops = hlo_instructions(hlo_text)
+        kernel_ops = {name: ops.get(name.replace(".", "_"), ("", ""))[1] for name in kernels}
+        hlo_path = f"{os.path.splitext(args.out)[0]}_{size}_{recipe}.hlo.txt.gz"
+        os.makedirs(os.path.dirname(hlo_path) or ".", exist_ok=True)
+        with gzip.open(hlo_path, "wt") as f:  # to attribute kernels offline (memcpy, fusions)
+            f.write(hlo_text)
     flops = model_flops_per_token(mcfg, args.seq) * args.batch * args.seq
     peak = peak_flops(jax.devices()[0])
     out = {"size": size, "recipe": recipe, "params_M": mcfg.num_params() / 1e6, "step_s": seconds,
            "tokens_per_s": args.batch * args.seq / seconds, "mfu": flops / seconds / peak if peak else None}
     if kernels is not None:
-        out["kernels_s"], out["kernel_categories_s"] = kernels, categories
+        out["kernels_s"], out["kernel_categories_s"], out["kernel_ops"] = kernels, categories, kernel_ops
+        out["hlo"] = os.path.basename(hlo_path)
     del holder, state, params
     gc.collect()
     return out
@@ -68,7 +78,7 @@ def _pct(x) -> str:
     return "n/a" if x is None else f"{x:.1%}"
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="125m,1b")
     parser.add_argument("--recipes", default="bf16,fp8,fp4_paper")
@@ -77,9 +87,10 @@ def main():
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--remat", action="store_true")
     parser.add_argument("--attention", default="", help='"", "xla" or "cudnn"')
-    parser.add_argument("--profile", default="", help="also trace 3 steps into this directory; kernel times go to the JSON")
+    parser.add_argument("--profile", default="", help="also trace 3 steps into this directory; kernel times (and "
+                        "each kernel's HLO op) go to the JSON, each step's compiled HLO beside it (.hlo.txt.gz)")
     parser.add_argument("--out", default="experiments/results/benchmarks/train.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     rows = []
     for size in args.sizes.split(","):
