@@ -86,15 +86,24 @@ def run_shape(name: str, shape, repeats: int, labels: list[str] | None = None) -
     tokens, d_in, d_out = shape
     flops = 3 * 2 * tokens * d_in * d_out
     rows = []
-    for label in labels or list(RECIPES):
+    for i, label in enumerate(labels or list(RECIPES)):
         recipe = RECIPES[label]
-        step, args = layer_step(recipe, tokens, d_in, d_out)
-        compiled = step.lower(*args).compile()  # once: timed and read for its GEMMs
-        seconds = time_fn(compiled, *args, repeats=repeats)
+        try:
+            step, args = layer_step(recipe, tokens, d_in, d_out)
+            compiled = step.lower(*args).compile()  # once: timed and read for its GEMMs
+            seconds = time_fn(compiled, *args, repeats=repeats)
+        except Exception as e:  # noqa: BLE001 - one case failing (e.g. a kernel this device rejects) spares the rest
+            if i == 0:
+                raise
+            print(f"{name} {label}: failed: {type(e).__name__}: {str(e)[:400]}", flush=True)
+            rows.append({"shape": name, "recipe": label, "recipe_line": str(recipe), "error": f"{type(e).__name__}: {e}"})
+            continue
         rows.append({"shape": name, "recipe": label, "recipe_line": str(recipe or "nnx.Linear"), "seconds": seconds,
                      "tflops": flops / seconds / 1e12, **gemm_report(compiled)})
     base = rows[0]["seconds"]
     for row in rows:
+        if "error" in row:
+            continue
         row["time_vs_bf16"] = row["seconds"] / base
         row["speedup_vs_bf16"] = base / row["seconds"]
     return rows
@@ -113,6 +122,9 @@ def print_table(rows: list[dict], quantiles: dict, device: str) -> None:
     print(f"\nQuantDense forward+backward on {device} (median ms; GEMM path from the compiled HLO)")
     print(f"{'shape':18s} {'recipe':40s} {'ms':>9s} {'TFLOP/s':>8s} {'x bf16':>7s} {'FP8 GEMMs':>9s}  note")
     for r in rows:
+        if "error" in r:
+            print(f"{r['shape']:18s} {r['recipe']:40s} failed: {r['error'][:80]}")
+            continue
         print(f"{r['shape']:18s} {r['recipe']:40s} {r['seconds'] * 1e3:9.3f} {r['tflops']:8.1f} "
               f"{r['time_vs_bf16']:7.2f} {r['fp8_gemms']:9d}  {verdict(r)}")
     print("OCC quantile alone: " + ", ".join(f"{q} {t * 1e3:.3f} ms" for q, t in quantiles.items()))

@@ -92,11 +92,19 @@ def main(argv=None):
     parser.add_argument("--out", default="experiments/results/benchmarks/train.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    rows = []
+    rows, env = [], environment()
     for size in args.sizes.split(","):
         base = None
         for recipe in args.recipes.split(","):
-            r = measure(size, recipe, args)
+            try:
+                r = measure(size, recipe, args)
+            except Exception as e:  # noqa: BLE001 - one recipe failing (e.g. a kernel this device rejects) spares the rest
+                if base is None:
+                    raise
+                print(f"{size:5s} {recipe:10s} failed: {type(e).__name__}: {str(e)[:400]}", flush=True)
+                rows.append({"size": size, "recipe": recipe, "error": f"{type(e).__name__}: {e}"})
+                gc.collect()
+                continue
             base = base or r["step_s"]
             r["step_vs_bf16"] = r["step_s"] / base
             rows.append(r)
@@ -106,7 +114,8 @@ def main(argv=None):
             if "kernel_categories_s" in r:
                 print("      kernels per step: " + ", ".join(
                     f"{k} {v * 1e3:.1f} ms" for k, v in r["kernel_categories_s"].items()), flush=True)
-    write_json(args.out, {"environment": environment(), "settings": vars(args), "results": rows})
+            write_json(args.out, {"environment": env, "settings": vars(args), "results": rows})  # after each row
+    write_json(args.out, {"environment": env, "settings": vars(args), "results": rows})
 
 
 if __name__ == "__main__":

@@ -33,6 +33,26 @@ def test_recipes_filter_keeps_the_baseline(tmp_path):
         raise AssertionError("an unknown recipe label must be an error")
 
 
+def test_a_failing_case_is_recorded_and_the_rest_still_run(tmp_path, capsys, monkeypatch):
+    real = benchmark_gemm.layer_step
+
+    def layer_step(recipe, *args):
+        if recipe is not None and recipe.fp8_transposes == "pallas":
+            raise RuntimeError("kernel rejected by this device")
+        return real(recipe, *args)
+
+    monkeypatch.setattr(benchmark_gemm, "layer_step", layer_step)
+    out = tmp_path / "gemm.json"
+    benchmark_gemm.main(["--small", "--repeats", "1", "--recipes", "^fp8", "--out", str(out)])
+    rows = {r["recipe"]: r for r in json.loads(out.read_text())["results"]}
+    assert rows["fp8 (pallas cast-transpose)"]["error"] == "RuntimeError: kernel rejected by this device"
+    assert rows["fp8"]["seconds"] > 0 and rows["fp8 (delayed scaling)"]["time_vs_bf16"] > 0
+    printed = capsys.readouterr().out
+    assert "256x256x256 fp8 (pallas cast-transpose): failed: RuntimeError: kernel rejected" in printed
+    assert any(line.startswith("256x256x256") and "pallas" in line and "failed: RuntimeError" in line
+               for line in printed.splitlines()[-8:])  # and in the table
+
+
 def test_transpose_benchmark_variants_give_the_same_bits(tmp_path):
     import numpy as np
 
