@@ -12,6 +12,11 @@ The rounding is the quantizer's: ``clip(x * (1/s), -max, max)`` converted to the
 (nearest-even, as ``operand.quantize``'s cast), with ``s`` a power of two so that multiplying
 by its reciprocal equals dividing by it exactly. On a GPU the kernel is compiled by Pallas; on
 other backends it runs in the Pallas interpreter (the same program, slowly: for tests).
+
+The kernel reads the operand as the program names it (e.g. bf16). XLA, by default, may fuse an
+elementwise producer into the quantization that reads it and round the producer's f32 value to
+FP8 without rounding it to bf16 first ("excess precision"); there the XLA layouts differ from
+the kernel's in a few values (identical with ``xla_allow_excess_precision=False``).
 """
 
 from __future__ import annotations

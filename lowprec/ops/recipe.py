@@ -49,8 +49,9 @@ class Recipe:
     fuses the transpose into the quantization), ``"separate"`` (the quantization first, then
     a plain 1-byte transpose) or ``"pallas"`` (an operand that two GEMMs use in different
     layouts gets both from one cast-transpose kernel, ``ops.cast_transpose``: per-tensor
-    power-of-two scales, tiles of 64; others fall back to ``"fused"``, logged); same bits,
-    speed depends on the device (benchmark_gemm).
+    power-of-two scales, tiles of 64; others fall back to ``"fused"``, logged); same bits
+    (``"pallas"``: up to XLA's excess precision, see ``ops.cast_transpose``), speed depends on
+    the device (benchmark_gemm).
     """
 
     fwd_act: Quantizer | None = None

@@ -10,7 +10,8 @@
 - ``fp8_delayed``: ``fp8`` with delayed scaling (Transformer Engine's default): each operand's
   scale from the largest amax of the last 16 steps, carried as state (``amax_history``).
 - ``fp8_pallas``: ``fp8`` whose operands get both their GEMM layouts from one Pallas
-  cast-transpose kernel (``ops.cast_transpose``) instead of two XLA passes; same bits.
+  cast-transpose kernel (``ops.cast_transpose``) instead of two XLA passes; same bits where
+  XLA rounds each operand to its dtype before quantizing it (see ``ops.cast_transpose``).
 - ``fp4_paper``: the FP4 paper (Wang et al. 2025): weights E2M1 per output channel with DGE
   (k=5), activations E2M1 per token with OCC (alpha=0.99), output gradients E5M2 per tensor,
   backward reusing the FP4 operands. ``fp4(...)`` builds its ablations; ``w4a4``, ``w4a8``

@@ -10,7 +10,10 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from flax import nnx
+
 import lowprec as lp
+from lowprec.models import llama
 from lowprec.ops import cast_transpose, operand, recipes
 
 FP8 = recipes.fp8.replace(native_fp8="on")
@@ -106,3 +109,30 @@ def test_delayed_scaling_and_odd_shapes_fall_back_with_a_message(caplog):
 def test_fp8_pallas_is_a_named_recipe():
     assert lp.recipes.get("fp8_pallas").fp8_transposes == "pallas"
     assert "fp8_transposes=pallas" in str(lp.recipes.get("fp8_pallas"))
+
+
+def test_a_stacked_model_trains_to_the_same_bits(caplog):
+    """The tiny LLaMA (layers through nnx.scan) under fp8_pallas: loss and every gradient equal
+    fp8's; the 64-wide projections take the kernel, the 32-wide K/V projections fall back.
+
+    Compiled without XLA's excess precision: by default XLA may fuse an elementwise producer
+    (the MLP's silu(gate) * up) into the quantization that reads it and round its f32 value
+    to FP8 without rounding it to bf16 first, while the kernel reads the bf16 tensor the
+    program names; then the two differ in a few values (the down projection's input)."""
+    def loss_and_grads(recipe):
+        model = llama.Llama(llama.config_for("tiny"), nnx.Rngs(0))
+        lp.nn.assign_recipes(model, [("lm_head", "bf16"), (".*", recipe)])
+        tokens = jax.random.randint(jax.random.key(1), (2, 33), 0, 256)
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+        def loss(p):
+            m = nnx.merge(graphdef, p, rest)
+            return jnp.mean(llama.cross_entropy(m(tokens[:, :-1]), tokens[:, 1:]))
+        step = jax.jit(jax.value_and_grad(loss)).lower(params)
+        return step.compile(compiler_options={"xla_allow_excess_precision": False})(params)
+
+    with caplog.at_level(logging.INFO, logger="lowprec.ops"):
+        got = loss_and_grads(PALLAS)
+    _assert_same(loss_and_grads(FP8), got)
+    assert any("[2, 32, 64] split at 2" in m for m in caplog.messages)  # a block's input activation
+    assert any("[2, 32, 32]: both layouts from XLA" in m for m in caplog.messages)  # a K/V output gradient
