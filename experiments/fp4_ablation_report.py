@@ -117,6 +117,10 @@ def check(stats: dict[str, Stat], comparisons: list[tuple[str, str, str]]) -> tu
             text = "" if not math.isfinite(gap) else f"; {b} − {a} = {gap:+.4f}"
             if len(paired) > 1:
                 text += " (per seed " + ", ".join(f"{d:+.4f}" for d in paired) + ")"
+            common = sorted(set(x.by_seed) & set(y.by_seed))
+            if paired and math.isfinite(gap) and set(x.by_seed) != set(y.by_seed):  # means of other seeds
+                text += (f" (seed{'s' if len(common) > 1 else ''} {', '.join(map(str, common))} alone: "
+                         f"{sum(paired) / len(paired):+.4f})")
         else:
             spread = max(x.half, y.half)
             holds.append(abs(gap) <= spread)

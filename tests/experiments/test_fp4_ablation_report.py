@@ -47,6 +47,7 @@ def root(tmp_path):
     for recipe, vals in c.items():
         for seed, v in enumerate(vals):
             _run(root, "c", recipe, seed, v, status="failed" if math.isnan(v) else "done")
+    _run(root, "d", "fp4_wtensor_atensor", 0, 1.00)
     return root
 
 
@@ -66,6 +67,9 @@ def test_claims_are_checked_from_the_runs(root, tmp_path):
     assert got[("c", "W8A4: OCC beats direct quantization (which diverges in the paper)")] == "reproduced"
     assert got[("c", "W8A4 with OCC: the smaller alpha, the lower the loss")] == "reproduced"
     assert got[("c", "W8A4: compensation helps at every alpha")].startswith("incomplete (w8a4_clamp97, w8a4_clamp99")
+    # (d): one seed of one cell finished: its gap to the full method over that seed alone too.
+    d = rows[("d", "vector-wise weights (channel) and activations (token) are best")]
+    assert d["outcome"].startswith("incomplete") and "(seed 0 alone: -0.0500)" in d["evidence"]
     assert got[("lr", "at 3x the learning rate, the full method beats plain W4A4")] == \
         "incomplete (fp4_paper, w4a4 not finished)"  # the lr runs are their own runs, not (a)'s
     with open(tmp_path / "out" / "claims.csv") as f:
