@@ -35,6 +35,7 @@ RECIPES = {  # the first is the baseline of the ratios; None is plain nnx.Linear
     "fp8 (separate transposes)": recipes.fp8.replace(fp8_transposes="separate", name="fp8_separate_transposes"),
     "fp8 (pallas cast-transpose)": recipes.fp8_pallas,
     "fp8 (delayed scaling)": recipes.fp8_delayed,
+    "fp8 (delayed scaling, pallas cast-transpose)": recipes.get("fp8_delayed(fp8_transposes='pallas')"),
     "fp4_paper (approx quantile)": recipes.fp4(dge_k=5, occ_alpha=0.99, quantile="approx", name="fp4_paper_approx"),
     "fp4_paper (exact quantile)": recipes.fp4_paper,
     "fp4_paper (approx, fused compensation)": recipes.fp4(dge_k=5, occ_alpha=0.99, quantile="approx",

@@ -14,6 +14,7 @@ import gc
 import gzip
 import logging
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -58,7 +59,8 @@ def measure(size: str, recipe: str, args) -> dict:
         categories = kernel_categories(every, hlo_text)
         ops = hlo_instructions(hlo_text)
         kernel_ops = {name: ops.get(name.replace(".", "_"), ("", ""))[1] for name in kernels}
-        hlo_path = f"{os.path.splitext(args.out)[0]}_{size}_{recipe}.hlo.txt.gz"
+        tag = re.sub(r"[^\w.-]+", "_", recipe).strip("_")  # a file name from e.g. "fp8(fp8_transposes='pallas')"
+        hlo_path = f"{os.path.splitext(args.out)[0]}_{size}_{tag}.hlo.txt.gz"
         os.makedirs(os.path.dirname(hlo_path) or ".", exist_ok=True)
         with gzip.open(hlo_path, "wt") as f:  # to attribute kernels offline (memcpy, fusions)
             f.write(hlo_text)

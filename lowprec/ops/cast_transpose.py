@@ -58,11 +58,13 @@ def supported(shape: tuple[int, ...], split: int, block: int = BLOCK) -> bool:
 
 
 def cast_transpose(x, inv_scale, dtype, max_value: float, split: int, *, block: int = BLOCK,
-                   interpret: bool | None = None):
+                   interpret: bool | None = None, amax: bool = False):
     """(``x`` in FP8 ``dtype``, the same values of the 2-D view of ``x`` at ``split``, transposed).
 
     ``x * inv_scale`` is clipped to ``±max_value`` and converted; ``inv_scale`` is a scalar.
-    ``interpret`` defaults to the interpreter on every backend but GPUs.
+    ``amax``: also return the largest finite magnitude of ``x`` (fp32 scalar), from the same
+    pass (delayed scaling records it). ``interpret`` defaults to the interpreter on every
+    backend but GPUs.
     """
     shape = x.shape
     rows, cols = math.prod(shape[:split]), math.prod(shape[split:])
@@ -73,19 +75,28 @@ def cast_transpose(x, inv_scale, dtype, max_value: float, split: int, *, block: 
         interpret = jax.default_backend() != "gpu"
     _log(shape, split, dtype, interpret)
 
-    def kernel(x_ref, s_ref, o_ref, ot_ref):
-        v = jnp.clip(x_ref[...].astype(jnp.float32) * s_ref[0], -max_value, max_value)
+    def kernel(x_ref, s_ref, o_ref, ot_ref, *amax_ref):
+        x32 = x_ref[...].astype(jnp.float32)
+        v = jnp.clip(x32 * s_ref[0], -max_value, max_value)
         o_ref[...] = v.astype(dtype)
         ot_ref[...] = v.T.astype(dtype)
+        if amax_ref:  # this tile's largest finite magnitude (NaN < inf is False)
+            a = jnp.abs(x32)
+            amax_ref[0][...] = jnp.max(jnp.where(a < jnp.inf, a, 0.0)).reshape(1, 1)
 
+    grid = (rows // block, cols // block)
     tile = pl.BlockSpec((block, block), lambda i, j: (i, j))
-    out, out_t = pl.pallas_call(
-        kernel, grid=(rows // block, cols // block),
-        in_specs=[tile, pl.BlockSpec((1,), lambda i, j: (0,))],
-        out_specs=[tile, pl.BlockSpec((block, block), lambda i, j: (j, i))],
-        out_shape=[jax.ShapeDtypeStruct((rows, cols), dtype), jax.ShapeDtypeStruct((cols, rows), dtype)],
-        interpret=interpret)(x.reshape(rows, cols), jnp.reshape(inv_scale, (1,)).astype(jnp.float32))
-    return out.reshape(shape), out_t
+    out_specs = [tile, pl.BlockSpec((block, block), lambda i, j: (j, i))]
+    out_shape = [jax.ShapeDtypeStruct((rows, cols), dtype), jax.ShapeDtypeStruct((cols, rows), dtype)]
+    if amax:
+        out_specs.append(pl.BlockSpec((1, 1), lambda i, j: (i, j)))
+        out_shape.append(jax.ShapeDtypeStruct(grid, jnp.float32))
+    outs = pl.pallas_call(
+        kernel, grid=grid, in_specs=[tile, pl.BlockSpec((1,), lambda i, j: (0,))], out_specs=out_specs,
+        out_shape=out_shape, interpret=interpret)(x.reshape(rows, cols), jnp.reshape(inv_scale, (1,)).astype(jnp.float32))
+    if amax:
+        return outs[0].reshape(shape), outs[1], jnp.max(outs[2])
+    return outs[0].reshape(shape), outs[1]
 
 
 def _log(shape, split, dtype, interpret: bool) -> None:

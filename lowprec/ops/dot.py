@@ -140,9 +140,10 @@ def _quantize(cfg: _Config, history, amaxes: dict, role: str, x, q, contraction,
     """``operand.quantize`` of ``x`` by ``q`` for ``role``; a delayed role is scaled from its row
     of ``history`` and records the amax of ``x`` in ``amaxes``."""
     row = _history_row(cfg, history, role)
-    if row is not None:
-        amaxes[role] = scaling.tensor_amax(x, barrier=False).reshape(())
-    return operand.quantize(x, q, contraction, keys[role], cfg.compute_dtype, row, split)
+    op, s = operand.quantize(x, q, contraction, keys[role], cfg.compute_dtype, row, split, row is not None)
+    if row is not None:  # from the cast-transpose kernel's own pass when it ran, else a reduction
+        amaxes[role] = (scaling.tensor_amax(x, barrier=False) if op.amax is None else op.amax).reshape(())
+    return op, s
 
 
 def _two_layouts(cfg: _Config, x, contraction, batch, q, partner) -> int | None:

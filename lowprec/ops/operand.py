@@ -30,7 +30,8 @@ class Operand:
     FP8 dtype when that is exact, and ``scale`` is 1 along the quantizer's contraction axes.
     ``pow2``: every scale is a power of two, so multiplying by it is exact.
     ``transposed``: when not None, the same values in the operand's other GEMM layout: ``values``
-    viewed as 2-D with its first ``split`` dims as rows, transposed (see ``ops.cast_transpose``).
+    viewed as 2-D with its first ``split`` dims as rows, transposed (see ``ops.cast_transpose``);
+    ``amax``: the input's largest finite magnitude, when the same kernel recorded it.
     """
 
     values: jax.Array
@@ -38,6 +39,7 @@ class Operand:
     pow2: bool = dataclasses.field(default=False, metadata=dict(static=True))
     transposed: jax.Array | None = None
     split: int = dataclasses.field(default=0, metadata=dict(static=True))
+    amax: jax.Array | None = None  # the input's largest finite magnitude, where the kernel recorded it
 
     def in_layout(self, perm: tuple[int, ...]) -> jax.Array | None:
         """``values.transpose(perm)`` when it is the ``transposed`` layout already, else None."""
@@ -57,7 +59,7 @@ def bind(q: Quantizer, contraction: tuple[int, ...]) -> Quantizer:
 
 
 def quantize(x, q: Quantizer | None, contraction, key, dtype, history=None,
-             split: int | None = None) -> tuple[Operand, jax.Array | None]:
+             split: int | None = None, record_amax: bool = False) -> tuple[Operand, jax.Array | None]:
     """(operand, effective scale per group) of ``x`` for a GEMM contracting ``contraction``.
 
     Unquantized operands are cast to ``dtype``. ``history``: the amax history of a delayed-scaling
@@ -65,7 +67,8 @@ def quantize(x, q: Quantizer | None, contraction, key, dtype, history=None,
     divided by its scales: the same scales and the same rounding onto the format.
     ``split``: also make the operand's other layout (``Operand.transposed``) in the same pass,
     by ``ops.cast_transpose``, where ``cast_transpose_reason`` finds nothing against it (else
-    logged once and made the usual way).
+    logged once and made the usual way); with ``record_amax`` that kernel also records the
+    input's amax in ``Operand.amax`` (else it stays None).
     """
     if q is None:
         return Operand(x.astype(dtype)), None
@@ -80,8 +83,8 @@ def quantize(x, q: Quantizer | None, contraction, key, dtype, history=None,
         why = cast_transpose_reason(x.shape, split, q, s)
         if why is None:
             fp8 = native.FP8_DTYPES[cast]
-            values, values_t = cast_transpose.cast_transpose(x, 1.0 / s, fp8, q.format.max, split)
-            return Operand(values, s, True, values_t, split), s
+            out = cast_transpose.cast_transpose(x, 1.0 / s, fp8, q.format.max, split, amax=record_amax)
+            return Operand(out[0], s, True, out[1], split, out[2] if record_amax else None), s
         _log_no_cast_transpose(x.shape, split, why)
     if cast is not None:  # the same rounding as a saturating convert: cheap, and it fuses into transposes
         unit = jnp.clip(xg / s, -q.format.max, q.format.max).astype(native.FP8_DTYPES[cast])

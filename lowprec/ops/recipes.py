@@ -25,6 +25,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import inspect
 import re
 
@@ -55,13 +56,22 @@ def names() -> list[str]:
 
 
 def get(spec: str | Recipe) -> Recipe:
-    """A recipe by name, a factory call such as ``"fp4(act_bits=8, dge_k=3)"`` (keyword
-    arguments, literal values; for configs and command lines), or a Recipe (returned as is)."""
+    """A recipe by name, a factory call such as ``"fp4(act_bits=8, dge_k=3)"``, a named recipe
+    with some of its ``Recipe`` fields replaced, such as ``"fp8_delayed(fp8_transposes='pallas')"``
+    (keyword arguments, literal values; for configs and command lines), or a Recipe (returned
+    as is)."""
     if isinstance(spec, Recipe):
         return spec
     if spec in _REGISTRY:
         return _REGISTRY[spec]
     call = re.fullmatch(r"\s*(\w+)\s*\((.*)\)\s*", spec or "", re.S)
+    if call and call.group(1) in _REGISTRY:
+        kwargs = _keywords(spec, call.group(2))
+        fields = [f.name for f in dataclasses.fields(Recipe) if f.name != "name"]
+        unknown = sorted(set(kwargs) - set(fields))
+        if unknown:
+            raise ValueError(f"recipe {spec!r}: unknown Recipe field(s) {', '.join(unknown)}; fields: {', '.join(fields)}")
+        return _REGISTRY[call.group(1)].replace(**kwargs, name=spec.strip())
     if call and call.group(1) in FACTORIES:
         factory, kwargs = FACTORIES[call.group(1)], _keywords(spec, call.group(2))
         allowed = [p for p in inspect.signature(factory).parameters if p != "name"]

@@ -37,7 +37,8 @@ def test_both_layouts_match_a_saturating_ml_dtypes_cast(dtype, ref, fmax):
     x = np.array(jax.random.normal(jax.random.key(0), (2, 64, 128), jnp.float32)) * 300
     x[0, 0, :4] = [np.nan, 1e9, -1e9, 3e-9]  # NaN stays NaN, overflow saturates, tiny values go subnormal
     inv = np.float32(2.0 ** -3)
-    q, qt = cast_transpose.cast_transpose(jnp.asarray(x), jnp.float32(inv), dtype, fmax, 2)
+    q, qt, amax = cast_transpose.cast_transpose(jnp.asarray(x), jnp.float32(inv), dtype, fmax, 2, amax=True)
+    assert float(amax) == np.max(np.abs(x[np.isfinite(x)]))  # 1e9: the NaN is no magnitude
     want = np.clip(x.astype(np.float64) * inv, -fmax, fmax).astype(np.float32).astype(ref)
     assert q.shape == x.shape and q.dtype == dtype and qt.shape == (128, 128)
     nan = np.isnan(x)  # NaN stays NaN (E5M2 has several NaN codes: which one is not the format's business)
@@ -101,6 +102,12 @@ def test_delayed_scaling_and_odd_shapes_fall_back_with_a_message(caplog):
     with caplog.at_level(logging.INFO, logger="lowprec.ops"):
         got = _value_and_grads(fn, delayed.replace(fp8_transposes="pallas"), x, w, amax_history=hist)
     _assert_same(_value_and_grads(fn, delayed, x, w, amax_history=hist), got)
+
+    def updated(recipe):  # the weight's amax comes from the kernel's pass, the others from reductions
+        return jax.jit(jax.grad(lambda h: jnp.sum(fn(x, w, recipe, amax_history=h).astype(jnp.float32))))(hist)
+    new = updated(delayed.replace(fp8_transposes="pallas"))
+    np.testing.assert_array_equal(new, updated(delayed))
+    assert float(new[lp.ops.ROLES.index("fwd_weight"), 0]) == float(jnp.max(jnp.abs(w)))
     assert any("[96, 128]: both layouts from XLA" in m and "64x64 tiles" in m for m in caplog.messages)
     assert any("[128, 64] split at 1" in m for m in caplog.messages)  # the weight still gets the kernel
     assert not any("[96, 64] split" in m for m in caplog.messages)  # the gradient is quantized per role

@@ -91,8 +91,16 @@ def test_recipe_spec_strings_build_factory_recipes():
     assert e1m2.fwd_act.occ.alpha == 0.99 and e1m2.dgrad_grad.format == lp.formats.get("e5m2")
 
 
+def test_a_named_recipe_with_fields_replaced():
+    r = recipes.get("fp8_delayed(fp8_transposes='pallas', amax_history_len=4)")
+    assert r == recipes.fp8_delayed.replace(fp8_transposes="pallas", amax_history_len=4)
+    assert r.name == "fp8_delayed(fp8_transposes='pallas', amax_history_len=4)" and recipes.fp8_delayed.amax_history_len == 16
+
+
 @pytest.mark.parametrize("spec, words", [("fp4(4)", "keyword=literal"), ("fp4(bogus=1)", "bogus"),
-                                         ("fp4(dge_k=x)", "keyword=literal"), ("nope", "fp4(...)")])
+                                         ("fp4(dge_k=x)", "keyword=literal"), ("nope", "fp4(...)"),
+                                         ("fp8(transposes=1)", "unknown Recipe field(s) transposes; fields: fwd_act"),
+                                         ("fp8(fp8_transposes='eager')", "known: fused, separate, pallas")])
 def test_bad_recipe_specs_name_the_problem(spec, words):
     with pytest.raises(ValueError, match=re.escape(words)):
         recipes.get(spec)
