@@ -92,9 +92,23 @@ class RMSNorm(nnx.Module):
         self.eps = eps
 
     def __call__(self, x_BxLxD):
-        x32 = x_BxLxD.astype(jnp.float32)
-        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return (normed * self.scale[...].astype(jnp.float32)[None, None, :]).astype(x_BxLxD.dtype)
+        return _rms_norm(x_BxLxD, self.scale[...], self.eps)
+
+
+@functools.partial(jax.checkpoint, static_argnums=(2,))
+def _rms_norm(x_BxLxD, scale_D, eps: float):
+    """Recomputed in the backward pass from its input (saved anyway as the residual stream):
+    autodiff would save f32 copies of the input and of the normalized values per layer."""
+    x32 = x_BxLxD.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return (normed * scale_D.astype(jnp.float32)[None, None, :]).astype(x_BxLxD.dtype)
+
+
+@jax.checkpoint
+def _swiglu(gate_BxLxF, up_BxLxF):
+    """silu(gate) * up, recomputed in the backward pass from gate and up: autodiff would save
+    three more d_ff-wide tensors per layer (the sigmoid, silu(gate), the product)."""
+    return jax.nn.silu(gate_BxLxF) * up_BxLxF
 
 
 def rotary(x_BxLxHxK, theta: float):
@@ -155,7 +169,7 @@ class MLP(nnx.Module):
         self.down = _dense(cfg, f, d, f ** -0.5 / (2 * cfg.n_layers) ** 0.5, ("mlp", "embed"), rngs)
 
     def __call__(self, x_BxLxD, key=None):
-        h_BxLxF = jax.nn.silu(self.gate(x_BxLxD, key=_key(key, 0))) * self.up(x_BxLxD, key=_key(key, 1))
+        h_BxLxF = _swiglu(self.gate(x_BxLxD, key=_key(key, 0)), self.up(x_BxLxD, key=_key(key, 1)))
         return self.down(h_BxLxF, key=_key(key, 2))
 
 
