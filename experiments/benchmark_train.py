@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from configs import lm
-from experiments.common import (environment, hlo_instructions, kernel_categories, kernel_times, time_fn,
-                                write_json)
+from experiments.common import (environment, hlo_copies, hlo_instructions, kernel_categories, kernel_times,
+                                time_fn, write_json)
 from lowprec.train import loop, sharding
 from lowprec.train.progress import model_flops_per_token, peak_flops
 from lowprec.train.step import TrainState, make_loss_fn, make_train_step, split_histories
@@ -59,6 +59,7 @@ def measure(size: str, recipe: str, args) -> dict:
         categories = kernel_categories(every, hlo_text)
         ops = hlo_instructions(hlo_text)
         kernel_ops = {name: ops.get(name.replace(".", "_"), ("", ""))[1] for name in kernels}
+        copies = hlo_copies(hlo_text)
         tag = re.sub(r"[^\w.-]+", "_", recipe).strip("_")  # a file name from e.g. "fp8(fp8_transposes='pallas')"
         hlo_path = f"{os.path.splitext(args.out)[0]}_{size}_{tag}.hlo.txt.gz"
         os.makedirs(os.path.dirname(hlo_path) or ".", exist_ok=True)
@@ -71,6 +72,9 @@ def measure(size: str, recipe: str, args) -> dict:
     if kernels is not None:
         out["kernels_s"], out["kernel_categories_s"], out["kernel_ops"] = kernels, categories, kernel_ops
         out["hlo"] = os.path.basename(hlo_path)
+        out["hlo_copies"] = {"bytes": sum(c["bytes"] for c in copies),
+                             "of_broadcasts": sum(c["bytes"] for c in copies if "broadcast" in c["operand"]),
+                             "largest": copies[:20]}
     del holder, state, params
     gc.collect()
     return out
@@ -116,6 +120,9 @@ def main(argv=None):
             if "kernel_categories_s" in r:
                 print("      kernels per step: " + ", ".join(
                     f"{k} {v * 1e3:.1f} ms" for k, v in r["kernel_categories_s"].items()), flush=True)
+                c = r["hlo_copies"]
+                print(f"      HLO copies: {c['bytes'] / 2 ** 30:.2f} GiB ({c['of_broadcasts'] / 2 ** 30:.2f} GiB "
+                      "of broadcast constants)", flush=True)
             write_json(args.out, {"environment": env, "settings": vars(args), "results": rows})  # after each row
     write_json(args.out, {"environment": env, "settings": vars(args), "results": rows})
 

@@ -8,6 +8,7 @@ import glob
 import gzip
 import json
 import logging
+import math
 import os
 import platform
 import re
@@ -140,3 +141,23 @@ def kernel_categories(kernels: dict[str, float], hlo_text: str) -> dict[str, flo
     for name, seconds in kernels.items():
         totals[kernel_category(name, hlo)] += seconds
     return totals
+
+
+_COPY_LINE = re.compile(r"^\s*(?:ROOT )?%(\S+) = (\w+)\[([\d,]*)\]\S* copy\(%([\w.\-]+)\)")
+_BYTES = {"pred": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2,
+          "f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8}
+
+
+def hlo_copies(hlo_text: str) -> list[dict]:
+    """Every ``copy`` instruction of an optimized HLO module, largest first: its name, shape,
+    bytes and operand (a ``broadcast`` operand: a buffer initialized from one shared constant,
+    e.g. a layer scan's stacked residuals starting as zeros)."""
+    rows = []
+    for line in hlo_text.splitlines():
+        m = _COPY_LINE.match(line)
+        if not m:
+            continue
+        name, dtype, dims, operand = m.groups()
+        n = _BYTES.get(dtype, 4) * math.prod(int(d) for d in dims.split(",") if d)
+        rows.append({"name": name, "shape": f"{dtype}[{dims}]", "bytes": n, "operand": operand})
+    return sorted(rows, key=lambda r: -r["bytes"])

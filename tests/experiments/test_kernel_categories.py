@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from experiments.common import CATEGORIES, hlo_instructions, kernel_categories, kernel_category
+from experiments.common import CATEGORIES, hlo_copies, hlo_instructions, kernel_categories, kernel_category
 from lowprec.train.step import TrainState, make_train_step
 
 BENCH = pathlib.Path(__file__).parents[2] / "experiments" / "results" / "benchmarks"
@@ -50,3 +50,17 @@ def test_the_train_step_names_its_optimizer_scope():
     hlo = hlo_instructions(step.lower(state, jnp.ones((2, 5), jnp.int32)).compile().as_text())
     assert any("/optimizer/" in op for _, op in hlo.values())
     assert any(op and "/optimizer/" not in op for _, op in hlo.values())
+
+
+def test_hlo_copies_are_listed_largest_first_with_their_bytes():
+    hlo = """
+  %wrapped_broadcast.3 = bf16[22,12,1024,5632]{3,2,1,0} fusion(%c), kind=kLoop
+  %copy.7 = f32[4,8]{1,0} copy(%param.1), metadata={op_name="x"}
+  ROOT %copy.9 = bf16[22,12,1024,5632]{3,2,1,0} copy(%wrapped_broadcast.3)
+  %add.1 = f32[4,8]{1,0} add(%copy.7, %copy.7)
+"""
+    rows = hlo_copies(hlo)
+    assert [r["name"] for r in rows] == ["copy.9", "copy.7"]
+    assert rows[0] == {"name": "copy.9", "shape": "bf16[22,12,1024,5632]", "bytes": 2 * 22 * 12 * 1024 * 5632,
+                       "operand": "wrapped_broadcast.3"}
+    assert rows[1]["bytes"] == 4 * 4 * 8 and rows[1]["operand"] == "param.1"
