@@ -82,7 +82,8 @@ def cast_transpose(x, inv_scale, dtype, max_value: float, split: int, *, block: 
         ot_ref[...] = v.T.astype(dtype)
         if amax_ref:  # this tile's largest finite magnitude (NaN < inf is False)
             a = jnp.abs(x32)
-            amax_ref[0][...] = jnp.max(jnp.where(a < jnp.inf, a, 0.0)).reshape(1, 1)
+            a = jnp.where(a < jnp.inf, a, 0.0)  # one axis at a time: what every Pallas backend lowers
+            amax_ref[0][...] = jnp.max(jnp.max(a, axis=1, keepdims=True), axis=0, keepdims=True)
 
     grid = (rows // block, cols // block)
     tile = pl.BlockSpec((block, block), lambda i, j: (i, j))
