@@ -51,7 +51,9 @@ class Recipe:
     layouts gets both from one cast-transpose kernel, ``ops.cast_transpose``: per-tensor
     power-of-two scales, tiles of 64; others fall back to ``"fused"``, logged); same bits
     (``"pallas"``: up to XLA's excess precision, see ``ops.cast_transpose``), speed depends on
-    the device (benchmark_gemm).
+    the device (benchmark_gemm). The kernel is not partitioned: under ``jit`` with operands
+    sharded across devices XLA would gather them onto each device (the training loop refuses
+    ``"pallas"`` on a mesh of more than one device).
     """
 
     fwd_act: Quantizer | None = None

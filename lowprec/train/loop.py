@@ -18,6 +18,7 @@ from flax import nnx
 from lowprec import data as lpdata
 from lowprec.models import llama
 from lowprec.nn import assign_recipes
+from lowprec.ops import recipes
 from lowprec.optim import get_policy
 from lowprec.train import finetune, sharding
 from lowprec.train.checkpoint import Checkpointer, abstract
@@ -49,10 +50,23 @@ def make_model(cfg):
 
 def build_model(cfg, mesh):
     """The model with its recipes assigned, its Params sharded on ``mesh`` by logical names."""
+    _check_kernels_fit(cfg, mesh)
     mcfg, policy, model = make_model(cfg)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     params, shardings = shard(params, mesh)
     return mcfg, policy, graphdef, params, rest, shardings
+
+
+def _check_kernels_fit(cfg, mesh) -> None:
+    """A recipe whose Pallas kernel XLA cannot partition is an error on a mesh of several devices
+    (XLA would gather each of its operands onto every device, silently)."""
+    if mesh.devices.size == 1:
+        return
+    for _, spec in recipe_rules(cfg):
+        if recipes.get(spec).fp8_transposes == "pallas":
+            raise ValueError(f"recipe {spec if isinstance(spec, str) else spec.name!r} has fp8_transposes='pallas', "
+                             f"whose cast-transpose kernel is not partitioned across the mesh's {mesh.devices.size} "
+                             "devices: train it on one device (mesh.devices=1), or use fp8_transposes='fused'")
 
 
 def shard(state, mesh):
@@ -122,6 +136,7 @@ class Setup:
 def setup(cfg, mesh, pretrained: bool) -> Setup:
     """Builds ``cfg``'s model on ``mesh`` (from ``finetune.init_from`` when ``pretrained``), adds
     its adapters, splits trainable from frozen variables and initializes the optimizer."""
+    _check_kernels_fit(cfg, mesh)
     if pretrained:
         finetune.check_init_from(cfg)
     mcfg, policy, model = make_model(cfg)

@@ -91,6 +91,8 @@ def test_sharded_mesh_matches_one_device(tmp_path):
     ({"mesh.data": 3}, "mesh"),
     ({"model.size": "2b"}, "unknown model size"),
     ({"policy": "bf17"}, "unknown policy"),
+    ({"recipe": "fp8_pallas"}, "fp8_transposes='pallas', whose cast-transpose kernel is not partitioned across the "
+                               "mesh's 8 devices"),
 ])
 def test_config_errors_are_clear(tmp_path, override, message):
     with pytest.raises(ValueError, match=message):
