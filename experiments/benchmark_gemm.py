@@ -97,7 +97,8 @@ def run_shape(name: str, shape, repeats: int, labels: list[str] | None = None) -
             if i == 0:
                 raise
             print(f"{name} {label}: failed: {type(e).__name__}: {str(e)[:400]}", flush=True)
-            rows.append({"shape": name, "recipe": label, "recipe_line": str(recipe), "error": f"{type(e).__name__}: {e}"})
+            rows.append({"shape": name, "recipe": label, "recipe_line": str(recipe),
+                         "error": f"{type(e).__name__}: {e}"})
             continue
         rows.append({"shape": name, "recipe": label, "recipe_line": str(recipe or "nnx.Linear"), "seconds": seconds,
                      "tflops": flops / seconds / 1e12, **gemm_report(compiled)})

@@ -117,7 +117,8 @@ def main(argv=None):
     for name, r in results.items():
         gbs = r.get("GB/s (read+write)", r.get("GB/s (read)"))
         frac = r.get("fraction_of_copy")
-        same = "" if "same_bits_as_xla" not in r else ("  same bits as XLA" if r["same_bits_as_xla"] else "  BITS DIFFER")
+        same = "" if "same_bits_as_xla" not in r else (
+            "  same bits as XLA" if r["same_bits_as_xla"] else "  BITS DIFFER")
         print(f"{name:55s} {r['seconds'] * 1e3:8.3f} {gbs:8.0f} {'' if frac is None else f'{frac:7.2f}'}{same}")
     print(f"two-pass ceiling of current scaling (copy / (copy + amax read)): {two_pass:.2f} x copy")
     print(f"device: {payload['environment']['device']}; bit mismatches vs ml_dtypes: "

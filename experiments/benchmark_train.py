@@ -104,7 +104,7 @@ def main(argv=None):
         for recipe in args.recipes.split(","):
             try:
                 r = measure(size, recipe, args)
-            except Exception as e:  # noqa: BLE001 - one recipe failing (e.g. a kernel this device rejects) spares the rest
+            except Exception as e:  # noqa: BLE001 - one recipe failing (a kernel the device rejects) spares the rest
                 if base is None:
                     raise
                 print(f"{size:5s} {recipe:10s} failed: {type(e).__name__}: {str(e)[:400]}", flush=True)

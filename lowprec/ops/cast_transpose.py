@@ -94,7 +94,8 @@ def cast_transpose(x, inv_scale, dtype, max_value: float, split: int, *, block: 
         out_shape.append(jax.ShapeDtypeStruct(grid, jnp.float32))
     outs = pl.pallas_call(
         kernel, grid=grid, in_specs=[tile, pl.BlockSpec((1,), lambda i, j: (0,))], out_specs=out_specs,
-        out_shape=out_shape, interpret=interpret)(x.reshape(rows, cols), jnp.reshape(inv_scale, (1,)).astype(jnp.float32))
+        out_shape=out_shape, interpret=interpret,
+    )(x.reshape(rows, cols), jnp.reshape(inv_scale, (1,)).astype(jnp.float32))
     if amax:
         return outs[0].reshape(shape), outs[1], jnp.max(outs[2])
     return outs[0].reshape(shape), outs[1]

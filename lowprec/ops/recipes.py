@@ -70,7 +70,8 @@ def get(spec: str | Recipe) -> Recipe:
         fields = [f.name for f in dataclasses.fields(Recipe) if f.name != "name"]
         unknown = sorted(set(kwargs) - set(fields))
         if unknown:
-            raise ValueError(f"recipe {spec!r}: unknown Recipe field(s) {', '.join(unknown)}; fields: {', '.join(fields)}")
+            raise ValueError(f"recipe {spec!r}: unknown Recipe field(s) {', '.join(unknown)}; "
+                             f"fields: {', '.join(fields)}")
         return _REGISTRY[call.group(1)].replace(**kwargs, name=spec.strip())
     if call and call.group(1) in FACTORIES:
         factory, kwargs = FACTORIES[call.group(1)], _keywords(spec, call.group(2))

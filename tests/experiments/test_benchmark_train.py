@@ -9,12 +9,13 @@ from experiments import benchmark_train
 
 def test_tiny_model_steps_and_writes_each_steps_hlo(tmp_path):
     out = tmp_path / "train.json"
-    benchmark_train.main(["--sizes", "tiny", "--batch", "2", "--seq", "32", "--steps", "2", "--recipes", "bf16,fp8(fp8_transposes='pallas')",
+    benchmark_train.main(["--sizes", "tiny", "--batch", "2", "--seq", "32", "--steps", "2",
+                          "--recipes", "bf16,fp8(native_fp8='off')",
                           "--profile", str(tmp_path / "trace"), "--out", str(out)])
     rows = json.loads(out.read_text())["results"]
-    assert [r["recipe"] for r in rows] == ["bf16", "fp8(fp8_transposes='pallas')"]
+    assert [r["recipe"] for r in rows] == ["bf16", "fp8(native_fp8='off')"]
     assert rows[0]["step_vs_bf16"] == 1.0 and all(r["step_s"] > 0 and r["tokens_per_s"] > 0 for r in rows)
-    assert [r["hlo"] for r in rows] == ["train_tiny_bf16.hlo.txt.gz", "train_tiny_fp8_fp8_transposes_pallas.hlo.txt.gz"]
+    assert [r["hlo"] for r in rows] == ["train_tiny_bf16.hlo.txt.gz", "train_tiny_fp8_native_fp8_off.hlo.txt.gz"]
     for r in rows:
         assert gzip.open(tmp_path / r["hlo"], "rt").read().startswith("HloModule")
         copies = r["hlo_copies"]  # the layer scan's stacked buffers start from broadcast zeros

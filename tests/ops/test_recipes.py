@@ -94,7 +94,8 @@ def test_recipe_spec_strings_build_factory_recipes():
 def test_a_named_recipe_with_fields_replaced():
     r = recipes.get("fp8_delayed(fp8_transposes='pallas', amax_history_len=4)")
     assert r == recipes.fp8_delayed.replace(fp8_transposes="pallas", amax_history_len=4)
-    assert r.name == "fp8_delayed(fp8_transposes='pallas', amax_history_len=4)" and recipes.fp8_delayed.amax_history_len == 16
+    assert r.name == "fp8_delayed(fp8_transposes='pallas', amax_history_len=4)"
+    assert recipes.fp8_delayed.amax_history_len == 16
 
 
 @pytest.mark.parametrize("spec, words", [("fp4(4)", "keyword=literal"), ("fp4(bogus=1)", "bogus"),
