@@ -108,23 +108,25 @@ def main(argv=None):
                 if base is None:
                     raise
                 print(f"{size:5s} {recipe:10s} failed: {type(e).__name__}: {str(e)[:400]}", flush=True)
-                rows.append({"size": size, "recipe": recipe, "error": f"{type(e).__name__}: {e}"})
+                r = {"size": size, "recipe": recipe, "error": f"{type(e).__name__}: {e}"}
                 gc.collect()
-                continue
-            base = base or r["step_s"]
-            r["step_vs_bf16"] = r["step_s"] / base
+            else:
+                base = base or r["step_s"]
+                r["step_vs_bf16"] = r["step_s"] / base
+                _print_row(r)
             rows.append(r)
-            print(f"{size:5s} {recipe:10s} {r['params_M']:7.1f}M  step {r['step_s'] * 1e3:8.1f} ms  "
-                  f"{r['tokens_per_s']:10.0f} tok/s  MFU {_pct(r['mfu'])}"
-                  f"  x bf16 {r['step_vs_bf16']:.2f}", flush=True)
-            if "kernel_categories_s" in r:
-                print("      kernels per step: " + ", ".join(
-                    f"{k} {v * 1e3:.1f} ms" for k, v in r["kernel_categories_s"].items()), flush=True)
-                c = r["hlo_copies"]
-                print(f"      HLO copies: {c['bytes'] / 2 ** 30:.2f} GiB ({c['of_broadcasts'] / 2 ** 30:.2f} GiB "
-                      "of broadcast constants)", flush=True)
             write_json(args.out, {"environment": env, "settings": vars(args), "results": rows})  # after each row
-    write_json(args.out, {"environment": env, "settings": vars(args), "results": rows})
+
+
+def _print_row(r: dict) -> None:
+    print(f"{r['size']:5s} {r['recipe']:10s} {r['params_M']:7.1f}M  step {r['step_s'] * 1e3:8.1f} ms  "
+          f"{r['tokens_per_s']:10.0f} tok/s  MFU {_pct(r['mfu'])}  x bf16 {r['step_vs_bf16']:.2f}", flush=True)
+    if "kernel_categories_s" in r:
+        print("      kernels per step: " + ", ".join(
+            f"{k} {v * 1e3:.1f} ms" for k, v in r["kernel_categories_s"].items()), flush=True)
+        c = r["hlo_copies"]
+        print(f"      HLO copies: {c['bytes'] / 2 ** 30:.2f} GiB ({c['of_broadcasts'] / 2 ** 30:.2f} GiB "
+              "of broadcast constants)", flush=True)
 
 
 if __name__ == "__main__":

@@ -215,7 +215,7 @@ def _qdot_bwd(cfg: _Config, saved: _Saved, cts):
     if _shared_grad(cfg):  # both layouts of the output gradient at once
         gi = dims.grad_input(cfg.dn, *cfg.ndims)
         (g_c, _), (g_b, _) = gi.dn
-        w_q = cfg.recipe.fwd_weight if cfg.recipe.reuse_forward else cfg.recipe.dgrad_weight
+        w_q = cfg.recipe.quantizer("dgrad_weight")
         shared = _quantize(cfg, saved.history, amaxes, "dgrad_grad", g, cfg.recipe.dgrad_grad, g_c, keys,
                            _two_layouts(cfg, g, g_c, g_b, cfg.recipe.dgrad_grad, w_q))
     dx = _grad_input(cfg, saved, g, keys, by_role, amaxes, shared)

@@ -76,7 +76,6 @@ def quantize(x, q: Quantizer | None, contraction, key, dtype, history=None,
     qt = q.quantize(x, key=key, amax_history=history)
     group, ts = qt.group_scales(), qt.tensor_scale
     s = group if ts is None else group * ts
-    xg, _ = q.granularity.to_groups(x.astype(jnp.float32))
     factorable = q.granularity.kind in _FACTORABLE
     cast = native.cast_dtype_for(q.format) if _castable(q) and factorable else None
     if cast is not None and split is not None:
@@ -86,6 +85,7 @@ def quantize(x, q: Quantizer | None, contraction, key, dtype, history=None,
             out = cast_transpose.cast_transpose(x, 1.0 / s, fp8, q.format.max, split, amax=record_amax)
             return Operand(out[0], s, True, out[1], split, out[2] if record_amax else None), s
         _log_no_cast_transpose(x.shape, split, why)
+    xg, _ = q.granularity.to_groups(x.astype(jnp.float32))
     if cast is not None:  # the same rounding as a saturating convert: cheap, and it fuses into transposes
         unit = jnp.clip(xg / s, -q.format.max, q.format.max).astype(native.FP8_DTYPES[cast])
         return Operand(unit, s, _pow2_scales(q)), s
