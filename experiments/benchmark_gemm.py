@@ -31,7 +31,8 @@ SMALL_SHAPES = {"256x256x256": (256, 256, 256), "512x128->128": (512, 128, 128)}
 RECIPES = {  # the first is the baseline of the ratios; None is plain nnx.Linear (a check on QuantDense's own cost)
     "bf16": recipes.bf16,
     "nnx.Linear bf16 (reference)": None,
-    "fp8": recipes.fp8,
+    "fp8": recipes.fp8,  # fp8_transposes="auto": the Pallas cast-transpose on one GPU (the row records which ran)
+    "fp8 (XLA transposes)": recipes.fp8.replace(fp8_transposes="fused", name="fp8_fused_transposes"),
     "fp8 (separate transposes)": recipes.fp8.replace(fp8_transposes="separate", name="fp8_separate_transposes"),
     "fp8 (pallas cast-transpose)": recipes.fp8_pallas,
     "fp8 (delayed scaling)": recipes.fp8_delayed,
@@ -75,6 +76,11 @@ def gemm_report(compiled) -> dict:
             "gemms": [{"kind": k, "operands": list(d)} for k, d in gemms]}
 
 
+def transposes_ran(recipe) -> str | None:
+    """The recipe's ``fp8_transposes`` with ``"auto"`` resolved on this machine."""
+    return None if recipe is None else ops.cast_transpose.resolve_transposes(recipe.fp8_transposes)
+
+
 def time_quantiles(tokens: int, d: int, repeats: int) -> dict:
     """Seconds for OCC's bounds of a (tokens, d) bf16 activation, exact vs approximate."""
     x = jax.random.t(jax.random.key(2), 3.0, (tokens, d), jnp.float32).astype(jnp.bfloat16)
@@ -101,7 +107,8 @@ def run_shape(name: str, shape, repeats: int, labels: list[str] | None = None) -
                          "error": f"{type(e).__name__}: {e}"})
             continue
         rows.append({"shape": name, "recipe": label, "recipe_line": str(recipe or "nnx.Linear"), "seconds": seconds,
-                     "tflops": flops / seconds / 1e12, **gemm_report(compiled)})
+                     "tflops": flops / seconds / 1e12, "fp8_transposes": transposes_ran(recipe),
+                     **gemm_report(compiled)})
     base = rows[0]["seconds"]
     for row in rows:
         if "error" in row:

@@ -57,6 +57,31 @@ def supported(shape: tuple[int, ...], split: int, block: int = BLOCK) -> bool:
     return rows % block == 0 and cols % block == 0
 
 
+def auto_transposes(backend: str | None = None, device_count: int | None = None) -> tuple[str, str]:
+    """What ``Recipe(fp8_transposes="auto")`` runs: ``("pallas", why)`` when the process has
+    exactly one device and it is a GPU, else ``("fused", why)`` (elsewhere the kernel would run
+    in the Pallas interpreter, and across devices XLA would gather its operands onto each one).
+    ``backend`` and ``device_count`` default to this process's."""
+    backend = backend or jax.default_backend()
+    device_count = jax.device_count() if device_count is None else device_count
+    if backend != "gpu":
+        return "fused", f"backend {backend} (the Pallas kernel would be interpreted)"
+    if device_count != 1:
+        return "fused", f"{device_count} devices (the Pallas kernel is not partitioned)"
+    return "pallas", "one GPU"
+
+
+def resolve_transposes(mode: str) -> str:
+    """``mode`` with ``"auto"`` replaced by what it runs here (logged once per choice)."""
+    if mode != "auto":
+        return mode
+    chosen, why = auto_transposes()
+    if ("auto", chosen, why) not in _logged:
+        _logged.add(("auto", chosen, why))
+        logger.info("fp8_transposes=auto: %s (%s)", chosen, why)
+    return chosen
+
+
 def cast_transpose(x, inv_scale, dtype, max_value: float, split: int, *, block: int = BLOCK,
                    interpret: bool | None = None, amax: bool = False):
     """(``x`` in FP8 ``dtype``, the same values of the 2-D view of ``x`` at ``split``, transposed).

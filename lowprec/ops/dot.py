@@ -59,7 +59,7 @@ def dot_general(lhs, rhs, dimension_numbers, recipe: Recipe | str = "none", key=
         lhs_dtype=lhs.dtype.name, rhs_dtype=rhs.dtype.name, ndims=(lhs.ndim, rhs.ndim),
         compute_dtype=jnp.dtype(recipe.compute_dtype or dtype).name,
         out_dtype=jnp.dtype(preferred_element_type or recipe.out_dtype or dtype).name,
-        telemetry=probe is not None)
+        telemetry=probe is not None, transposes=cast_transpose.resolve_transposes(recipe.fp8_transposes))
     y, stats = _qdot_jit(cfg, lhs, rhs, key, probe, amax_history)
     return y if probe is None else (y, stats)
 
@@ -96,12 +96,13 @@ class _Config:
     compute_dtype: str
     out_dtype: str
     telemetry: bool
+    transposes: str  # the recipe's fp8_transposes, "auto" resolved (cast_transpose.resolve_transposes)
 
     def gemm(self, a, b, dn, role, dtype=None, out_dtype=None):
         r = self.recipe
         return gemm(a, b, dn, role=role, compute_dtype=dtype or self.compute_dtype, accum_dtype=r.accum_dtype,
                     native_fp8=r.native_fp8, precision=self.precision, out_dtype=out_dtype,
-                    fp8_transposes=r.fp8_transposes)
+                    fp8_transposes=self.transposes)
 
 
 class _Saved(NamedTuple):
@@ -147,11 +148,11 @@ def _quantize(cfg: _Config, history, amaxes: dict, role: str, x, q, contraction,
 
 
 def _two_layouts(cfg: _Config, x, contraction, batch, q, partner) -> int | None:
-    """With ``fp8_transposes="pallas"``: the split at which ``x`` (quantized by ``q``, multiplied
-    with an operand quantized by ``partner``) gets both its GEMM layouts from one kernel, when
-    two GEMMs use it and they run on FP8 tensor cores; else None."""
+    """With ``fp8_transposes="pallas"`` (or ``"auto"`` resolved to it): the split at which ``x``
+    (quantized by ``q``, multiplied with an operand quantized by ``partner``) gets both its GEMM
+    layouts from one kernel, when two GEMMs use it and they run on FP8 tensor cores; else None."""
     r = cfg.recipe
-    if r.fp8_transposes != "pallas" or q is None or partner is None:
+    if cfg.transposes != "pallas" or q is None or partner is None:
         return None
     names = (native.cast_dtype_for(q.format), native.cast_dtype_for(partner.format))
     if None in names or native.choose(*names, r.native_fp8)[0] != "native_fp8":
@@ -164,7 +165,7 @@ def _shared_grad(cfg: _Config) -> bool:
     stochastic rounding, no history of its own): then it is quantized once, in both layouts."""
     r = cfg.recipe
     q = r.dgrad_grad
-    return (r.fp8_transposes == "pallas" and q is not None and q == r.wgrad_grad and q.rounding != "stochastic"
+    return (cfg.transposes == "pallas" and q is not None and q == r.wgrad_grad and q.rounding != "stochastic"
             and q.source != "delayed")
 
 

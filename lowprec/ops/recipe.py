@@ -16,7 +16,7 @@ ROLES = ("fwd_act", "fwd_weight", "dgrad_grad", "dgrad_weight", "wgrad_grad", "w
 REUSED_ROLES = {"dgrad_weight": "fwd_weight", "wgrad_act": "fwd_act"}
 COMPENSATIONS = ("separate", "fused")
 NATIVE_FP8 = ("auto", "off", "on")
-FP8_TRANSPOSES = ("fused", "separate", "pallas")
+FP8_TRANSPOSES = ("auto", "fused", "separate", "pallas")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +45,9 @@ class Recipe:
     for a reduction over its input. ``dot_general`` then needs ``amax_history`` and returns the
     updated history as its gradient (see ``ops.dot``).
     ``fp8_transposes``: how an FP8 operand is brought into cuBLASLt's layout when it needs a
-    transpose (the weight forward, both operands of the weight gradient): ``"fused"`` (XLA
+    transpose (the weight forward, both operands of the weight gradient): ``"auto"`` (the
+    default: ``"pallas"`` when the process has exactly one device and it is a GPU, else
+    ``"fused"``; which one ran is logged, see ``ops.cast_transpose.auto_transposes``), ``"fused"`` (XLA
     fuses the transpose into the quantization), ``"separate"`` (the quantization first, then
     a plain 1-byte transpose) or ``"pallas"`` (an operand that two GEMMs use in different
     layouts gets both from one cast-transpose kernel, ``ops.cast_transpose``: per-tensor
@@ -53,7 +55,7 @@ class Recipe:
     (``"pallas"``: up to XLA's excess precision, see ``ops.cast_transpose``), speed depends on
     the device (benchmark_gemm). The kernel is not partitioned: under ``jit`` with operands
     sharded across devices XLA would gather them onto each device (the training loop refuses
-    ``"pallas"`` on a mesh of more than one device).
+    ``"pallas"`` on a mesh of more than one device; ``"auto"`` picks ``"fused"`` there).
     """
 
     fwd_act: Quantizer | None = None
@@ -68,7 +70,7 @@ class Recipe:
     out_dtype: str | None = None
     compensation: str = "separate"
     native_fp8: str = "auto"
-    fp8_transposes: str = "fused"
+    fp8_transposes: str = "auto"
     amax_history_len: int = 16
     name: str | None = dataclasses.field(default=None, compare=False)
 
@@ -133,7 +135,7 @@ class Recipe:
             parts.append(f"compensation={self.compensation}")
         if self.native_fp8 != "auto":
             parts.append(f"native_fp8={self.native_fp8}")
-        if self.fp8_transposes != "fused":
+        if self.fp8_transposes != "auto":
             parts.append(f"fp8_transposes={self.fp8_transposes}")
         if self.delayed_roles():
             parts.append(f"amax_history_len={self.amax_history_len}")

@@ -3,15 +3,18 @@
 - ``none``: no quantization, operands in their own dtype (``QuantDense`` then equals ``nnx.Linear``).
 - ``bf16``: no quantization, bf16 operands, f32 accumulation.
 - ``fp8``: E4M3 forward operands, E5M2 output gradients, per-tensor current scaling; the
-  backward reuses the forward's FP8 operands (FP8-LM / Transformer Engine style).
+  backward reuses the forward's FP8 operands (FP8-LM / Transformer Engine style). On a
+  process with one GPU, operands used in two layouts get both from one Pallas cast-transpose
+  kernel (``fp8_transposes="auto"``); elsewhere XLA lays them out (logged).
   Per-tensor FP8 scales here are powers of two, 2**ceil(log2(amax / max)) (never clipping;
   DeepSeek-V3 and MX use power-of-two scales too): scaling by them is exact in any dtype, so
   an FP8 GEMM writes bf16 directly and a simulated one folds them into its operands.
 - ``fp8_delayed``: ``fp8`` with delayed scaling (Transformer Engine's default): each operand's
   scale from the largest amax of the last 16 steps, carried as state (``amax_history``).
-- ``fp8_pallas``: ``fp8`` whose operands get both their GEMM layouts from one Pallas
-  cast-transpose kernel (``ops.cast_transpose``) instead of two XLA passes; same bits where
-  XLA rounds each operand to its dtype before quantizing it (see ``ops.cast_transpose``).
+- ``fp8_pallas``: ``fp8`` whose operands always get both their GEMM layouts from one Pallas
+  cast-transpose kernel (``ops.cast_transpose``) instead of two XLA passes, interpreted on
+  non-GPU backends; same bits where XLA rounds each operand to its dtype before quantizing it
+  (see ``ops.cast_transpose``). ``"fp8(fp8_transposes='fused')"`` never uses the kernel.
 - ``fp4_paper``: the FP4 paper (Wang et al. 2025): weights E2M1 per output channel with DGE
   (k=5), activations E2M1 per token with OCC (alpha=0.99), output gradients E5M2 per tensor,
   backward reusing the FP4 operands. ``fp4(...)`` builds its ablations; ``w4a4``, ``w4a8``

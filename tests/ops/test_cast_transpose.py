@@ -16,7 +16,7 @@ import lowprec as lp
 from lowprec.models import llama
 from lowprec.ops import cast_transpose, operand, recipes
 
-FP8 = recipes.fp8.replace(native_fp8="on")
+FP8 = recipes.fp8.replace(native_fp8="on", fp8_transposes="fused")
 PALLAS = FP8.replace(fp8_transposes="pallas")
 
 
@@ -144,3 +144,27 @@ def test_a_stacked_model_trains_to_the_same_bits(caplog):
     _assert_same(loss_and_grads(FP8), got)
     assert any("[2, 32, 64] split at 2" in m for m in caplog.messages)  # a block's input activation
     assert any("[2, 32, 32]: both layouts from XLA" in m for m in caplog.messages)  # a K/V output gradient
+
+
+def test_auto_runs_the_kernel_only_on_a_single_gpu():
+    assert cast_transpose.auto_transposes("gpu", 1) == ("pallas", "one GPU")
+    chosen, why = cast_transpose.auto_transposes("gpu", 8)
+    assert chosen == "fused" and "8 devices" in why
+    chosen, why = cast_transpose.auto_transposes("cpu", 1)
+    assert chosen == "fused" and "backend cpu" in why
+    assert recipes.fp8.fp8_transposes == "auto" and lp.ops.Recipe().fp8_transposes == "auto"
+    assert "fp8_transposes" not in str(recipes.fp8)
+
+
+def test_auto_here_is_the_xla_program_and_says_so(rand, caplog):
+    """On this CPU process (not one GPU) "auto" lowers to exactly the "fused" program, logged."""
+    x, w = rand(0, (128, 64), jnp.bfloat16), rand(1, (64, 128), jnp.bfloat16)
+
+    def lowered(recipe):
+        fn = jax.jit(jax.grad(lambda a, b: jnp.sum(lp.ops.dot_general(a, b, (((1,), (0,)), ((), ())), recipe))))
+        return fn.lower(x, w).as_text()
+
+    with caplog.at_level(logging.INFO, logger="lowprec.ops.cast_transpose"):
+        auto = lowered(FP8.replace(fp8_transposes="auto"))
+    assert auto == lowered(FP8) and "pallas" not in auto.lower()
+    assert "fp8_transposes=auto: fused (backend cpu" in caplog.text

@@ -92,7 +92,7 @@ def test_native_pattern_computes_what_the_simulation_computes(name, rand):
 def test_separate_fp8_transposes_change_the_program_not_the_bits(rand):
     """Recipe(fp8_transposes="separate"): an optimization barrier before each FP8 operand that
     needs a transpose for the NT layout (the weight forward, both operands of the weight
-    gradient); the same bits as the fused default."""
+    gradient); the same bits as "fused"."""
     x, w, g = rand(0, (64, 32), jnp.bfloat16), rand(1, (32, 48), jnp.bfloat16), rand(2, (64, 48), jnp.bfloat16)
 
     def step(recipe):
@@ -101,7 +101,7 @@ def test_separate_fp8_transposes_change_the_program_not_the_bits(rand):
             return (y,) + vjp(g)
         return jax.jit(run)
 
-    fused = step(recipes.fp8.replace(native_fp8="on"))
+    fused = step(recipes.fp8.replace(native_fp8="on", fp8_transposes="fused"))
     separate = step(recipes.fp8.replace(native_fp8="on", fp8_transposes="separate"))
     barriers = {k: f.lower(x, w, g).as_text().count("optimization_barrier") for k, f in
                 (("fused", fused), ("separate", separate))}
@@ -109,7 +109,7 @@ def test_separate_fp8_transposes_change_the_program_not_the_bits(rand):
     for a, b in zip(fused(x, w, g), separate(x, w, g), strict=True):
         np.testing.assert_array_equal(np.asarray(a).view(np.uint16), np.asarray(b).view(np.uint16))
     assert "fp8_transposes=separate" in str(recipes.fp8.replace(fp8_transposes="separate"))
-    with pytest.raises(ValueError, match="unknown Recipe.fp8_transposes 'eager'; known: fused, separate, pallas"):
+    with pytest.raises(ValueError, match="unknown Recipe.fp8_transposes 'eager'; known: auto, fused, separate, pallas"):
         recipes.fp8.replace(fp8_transposes="eager")
 
 
