@@ -18,7 +18,6 @@ amax pass is fused away; delayed scaling
 from __future__ import annotations
 
 import argparse
-import functools
 import hashlib
 import logging
 import re
@@ -29,11 +28,13 @@ import ml_dtypes
 import numpy as np
 
 import lowprec as lp
-from experiments import mx_pallas
 from experiments.common import environment, time_fn, write_json
 
 
-XLA_MXFP4, PALLAS_MXFP4 = "mxfp4 (e2m1fn, blocks of 32, E8M0)", "one-pass Pallas kernel, MXFP4 (exact ops)"
+# MXFP4 three ways: the library's default (kernel="auto": the one-pass Pallas kernel on a GPU),
+# and each path forced; their digests are compared (same bits).
+MXFP4, XLA_MXFP4, PALLAS_MXFP4 = ("MXFP4 (e2m1fn, blocks of 32, E8M0; default kernel='auto')",
+                                  "MXFP4, XLA path (kernel='xla')", "MXFP4, Pallas kernel (kernel='pallas')")
 
 
 def variants(rows: int, cols: int):
@@ -41,6 +42,7 @@ def variants(rows: int, cols: int):
     e4m3 = lp.Quantizer("e4m3fn", "tensor")
     delayed = lp.Quantizer("e4m3fn", "tensor", source="delayed")
     history = jnp.full((16, 1, 1), 3.0, jnp.float32)
+    mxfp4 = lp.quant.presets.MXFP4
 
     def with_history(x):
         return delayed(x, amax_history=history), jnp.max(jnp.abs(x))  # amax recorded in the same pass
@@ -50,15 +52,14 @@ def variants(rows: int, cols: int):
         ("e4m3fn per-tensor (delayed amax, current recorded)", jax.jit(with_history)),
         ("e2m1fn per-channel (scale per column)", jax.jit(lp.Quantizer("e2m1fn", "channel"))),
         ("e2m1fn per-token (scale per row)", jax.jit(lp.Quantizer("e2m1fn", "token"))),
-        (XLA_MXFP4, jax.jit(lp.quant.presets.MXFP4)),
+        (MXFP4, jax.jit(mxfp4)),
+        (XLA_MXFP4, jax.jit(mxfp4.replace(kernel="xla"))),
+        (PALLAS_MXFP4, jax.jit(mxfp4.replace(kernel="pallas"))),
         ("mxfp8 e4m3 (blocks of 32, E8M0)", jax.jit(lp.quant.presets.MXFP8_E4M3)),
-        # The same quantizers with the block amax traced as an elementwise max of the block's
-        # slices (Quantizer.block_amax): same bits, possibly one pass instead of two.
-        ("mxfp4, block amax by slices", jax.jit(lp.quant.presets.MXFP4.replace(block_amax="slices"))),
+        # The XLA path with the block amax traced as an elementwise max of the block's slices
+        # (Quantizer.block_amax): same bits, possibly one pass instead of two.
+        ("mxfp4 XLA, block amax by slices", jax.jit(mxfp4.replace(block_amax="slices", kernel="xla"))),
         ("mxfp8 e4m3, block amax by slices", jax.jit(lp.quant.presets.MXFP8_E4M3.replace(block_amax="slices"))),
-        # One pass from a Pallas kernel of exact operations (experiments.mx_pallas); its digest
-        # is compared with the XLA path's below.
-        (PALLAS_MXFP4, jax.jit(functools.partial(mx_pallas.block_fake_quant, lp.quant.presets.MXFP4))),
     ]
 
 
@@ -104,22 +105,24 @@ def main(argv=None):
         t = time_fn(fn, x, repeats=args.repeats)
         results[name] = {"seconds": t, "fraction_of_copy": t_copy / t,
                          "GB/s (read+write)": 2 * nbytes / t / 1e9, "digest": digest(fn(x))}
-    if PALLAS_MXFP4 in results:  # same bits as XLA's MXFP4 (computed here if not timed)
-        xla = results[XLA_MXFP4]["digest"] if XLA_MXFP4 in results else digest(jax.jit(lp.quant.presets.MXFP4)(x))
-        results[PALLAS_MXFP4]["same_bits_as_xla"] = results[PALLAS_MXFP4]["digest"] == xla
+    for name in (MXFP4, PALLAS_MXFP4):  # same bits as the XLA path (computed here if not timed)
+        if name in results:
+            xla = results[XLA_MXFP4]["digest"] if XLA_MXFP4 in results else digest(
+                jax.jit(lp.quant.presets.MXFP4.replace(kernel="xla"))(x))
+            results[name]["same_bits_as_xla"] = results[name]["digest"] == xla
     # Current scaling reads twice (amax, then quantize+write): its ceiling is copy / (copy + read).
     two_pass = t_copy / (t_copy + t_read)
     payload = {"environment": environment(), "tensor": {"shape": [rows, args.cols], "bytes": nbytes},
                "bit_mismatches_vs_ml_dtypes": check_bits(x), "two_pass_ceiling_fraction_of_copy": two_pass,
                "results": results}
     write_json(args.out, payload)
-    print(f"{'variant':55s} {'ms':>8s} {'GB/s':>8s} {'x copy':>7s}")
+    print(f"{'variant':60s} {'ms':>8s} {'GB/s':>8s} {'x copy':>7s}")
     for name, r in results.items():
         gbs = r.get("GB/s (read+write)", r.get("GB/s (read)"))
         frac = r.get("fraction_of_copy")
         same = "" if "same_bits_as_xla" not in r else (
             "  same bits as XLA" if r["same_bits_as_xla"] else "  BITS DIFFER")
-        print(f"{name:55s} {r['seconds'] * 1e3:8.3f} {gbs:8.0f} {'' if frac is None else f'{frac:7.2f}'}{same}")
+        print(f"{name:60s} {r['seconds'] * 1e3:8.3f} {gbs:8.0f} {'' if frac is None else f'{frac:7.2f}'}{same}")
     print(f"two-pass ceiling of current scaling (copy / (copy + amax read)): {two_pass:.2f} x copy")
     print(f"device: {payload['environment']['device']}; bit mismatches vs ml_dtypes: "
           f"{payload['bit_mismatches_vs_ml_dtypes']}; wrote {args.out}")

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 
 import jax
 import jax.numpy as jnp
 
 from lowprec.formats import OVERFLOW_POLICIES, ROUNDING_MODES, Format, get
+from lowprec.quant import block_kernel, scaling
 from lowprec.quant import occ as occ_lib
-from lowprec.quant import scaling
 from lowprec.quant.estimators import Estimator, get_estimator
 from lowprec.quant.granularity import Granularity
 from lowprec.quant.qtensor import QTensor
 
 SOURCES = ("absmax", "delayed", "fixed")
+KERNELS = ("auto", "xla", "pallas")
+logger = logging.getLogger(__name__)
+_logged: set = set()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +43,12 @@ class Quantizer:
     clamp as the identity: every entry, outliers included, gets the estimator's derivative at
     its clamped scaled value, as in the FP4 paper, whose backward GEMMs use the quantized
     operands and so lose nothing at the clamp. ``block_amax``: ``"reduce"`` or ``"slices"``, how
-    a small block's amax is traced (same bits; see ``scaling.amax``).
+    a small block's amax is traced (same bits; see ``scaling.amax``). ``kernel``: how ``q(x)``
+    computes blocks of at most 16-value formats with ``pow2_floor`` scales (MXFP4, MXINT4, ...):
+    ``"auto"`` from the one-pass Pallas kernel of ``quant.block_kernel`` on a GPU where it
+    applies and the estimator is STE (else XLA; the path is logged once per quantizer and
+    shape), ``"pallas"`` always from the kernel (interpreted off GPUs; an error where it does
+    not apply), ``"xla"`` never. Same bits every way; ``quantize()`` (codes) is always XLA.
     """
 
     format: Format | str
@@ -55,6 +64,7 @@ class Quantizer:
     double_quant: Quantizer | None = None
     occ: occ_lib.OCC | None = None
     block_amax: str = "reduce"
+    kernel: str = "auto"
 
     def __post_init__(self):
         object.__setattr__(self, "format", get(self.format))
@@ -67,6 +77,7 @@ class Quantizer:
         _choice("rounding", self.rounding, ROUNDING_MODES)
         _choice("overflow", self.overflow, OVERFLOW_POLICIES)
         _choice("block_amax", self.block_amax, scaling.BLOCK_AMAX)
+        _choice("kernel", self.kernel, KERNELS)
         if self.tensor_scale and self.scale in scaling.SCALE_RULES:
             raise ValueError("tensor_scale=True needs scale=<a format for the group scales>, e.g. 'e4m3fn'")
         if self.double_quant is not None and not isinstance(self.double_quant, Quantizer):
@@ -79,7 +90,7 @@ class Quantizer:
     def __str__(self) -> str:
         parts = [self.format.name, str(self.granularity), f"scale={self.scale}"]
         for field, default in (("source", "absmax"), ("rounding", "nearest_even"), ("estimator", "ste"),
-                               ("overflow", "saturate"), ("block_amax", "reduce")):
+                               ("overflow", "saturate"), ("block_amax", "reduce"), ("kernel", "auto")):
             if str(getattr(self, field)) != default:
                 parts.append(f"{field}={getattr(self, field)}")
         if self.tensor_scale:
@@ -156,7 +167,32 @@ class Quantizer:
         self._check_key(key)
         return _fake_quant(self, x, key, amax_history)
 
+    def kernel_path(self, x) -> tuple[str, str]:
+        """(``"pallas"`` or ``"xla"``, why): how ``self(x)`` computes its forward value."""
+        why = block_kernel.supported(self, x)
+        if self.kernel == "pallas":
+            if why is not None:
+                raise ValueError(f"{self}: kernel='pallas' cannot quantize {x.dtype}{list(x.shape)}: {why}; "
+                                 "use kernel='auto' or 'xla'")
+            return "pallas", "kernel='pallas'"
+        if self.kernel == "xla":
+            return "xla", "kernel='xla'"
+        if why is None and self.estimator.needs_input:
+            why = f"estimator {self.estimator} needs the scaled input"
+        if why is None and jax.default_backend() != "gpu":
+            why = f"backend {jax.default_backend()}"
+        return ("xla", why) if why is not None else ("pallas", "one-pass kernel on a GPU")
+
     def _forward(self, x, key, amax_history):
+        if self.granularity.kind == "block":  # the only kind the kernel handles: the others have one path
+            path, why = self.kernel_path(x)
+            _log_path(self, x, path, why)
+            if path == "pallas":
+                y = block_kernel.block_fake_quant(self, x).astype(x.dtype)
+                if not self.estimator.needs_input:
+                    return y, None
+                xg, s, _, _ = self._scaled(x, key, amax_history)
+                return y, self.granularity.from_groups(self._apply_inverse(xg, s), x.shape)
         xg, s, k_elem, _ = self._scaled(x, key, amax_history)
         xs = self._apply_inverse(xg, s)
         q = self.format.quantize(xs, self.rounding, k_elem, overflow=self.overflow, random_bits=self.random_bits)
@@ -175,6 +211,14 @@ class Quantizer:
                        scale_q=None if dq is None else dq[0], scale_mean=None if dq is None else dq[1],
                        quantizer=self, shape=tuple(x.shape), dtype=jnp.dtype(x.dtype).name,
                        scale_shape=tuple(group.shape))
+
+
+def _log_path(q: Quantizer, x, path: str, why: str) -> None:
+    key = (q, tuple(x.shape), path, why)
+    if key not in _logged:
+        _logged.add(key)
+        logger.info("%s on %s%s: %s (%s)", q, x.dtype, list(x.shape), "Pallas block kernel" if path == "pallas"
+                    else "XLA", why)
 
 
 def update_amax_history(history, amax) -> jax.Array:

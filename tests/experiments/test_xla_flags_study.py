@@ -10,7 +10,7 @@ from experiments import benchmark_quantize, xla_flags_study as study
 
 def test_flag_sets_side_by_side(tmp_path, capsys):
     rc = study.main(["--out", str(tmp_path), "--bench",
-                     "experiments.benchmark_quantize --gib 0.001 --repeats 1 --only 'mxfp4|per-token'",
+                     "experiments.benchmark_quantize --gib 0.001 --repeats 1 --only 'XLA path|XLA, block amax|per-token'",
                      "--flags", "default=", "--flags", "strict=--xla_cpu_enable_fast_math=false",
                      "--flags", "bogus=--xla_no_such_flag=1"])
     assert rc == 0
@@ -22,14 +22,15 @@ def test_flag_sets_side_by_side(tmp_path, capsys):
         own = json.loads((tmp_path / f"{name}.json").read_text())["results"]
         assert {k: v["seconds"] for k, v in own.items()} == {k: v["seconds"] for k, v in sets[name]["cases"].items()}
     rows = {r["case"]: r for r in summary["rows"]}
-    assert set(rows) == {"copy", "amax only (read)", "e2m1fn per-token (scale per row)",
-                         "mxfp4 (e2m1fn, blocks of 32, E8M0)", "mxfp4, block amax by slices"}
-    mx = rows["mxfp4 (e2m1fn, blocks of 32, E8M0)"]
+    slices = "mxfp4 XLA, block amax by slices"
+    assert set(rows) == {"copy", "amax only (read)", "e2m1fn per-token (scale per row)", benchmark_quantize.XLA_MXFP4,
+                         slices}
+    mx = rows[benchmark_quantize.XLA_MXFP4]
     # Same quantization (fast math is off by default on the CPU): same bits; the ratio is the time ratio.
     assert mx["strict same bits"] is True
     assert mx["strict vs default"] == pytest.approx(mx["default s"] / mx["strict s"])
     default = json.loads((tmp_path / "default.json").read_text())["results"]
-    assert default["mxfp4, block amax by slices"]["digest"] == default["mxfp4 (e2m1fn, blocks of 32, E8M0)"]["digest"]
+    assert default[slices]["digest"] == default[benchmark_quantize.XLA_MXFP4]["digest"]
     assert "copy" in capsys.readouterr().out
 
 

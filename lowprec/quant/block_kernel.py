@@ -1,11 +1,15 @@
-"""One-pass MX-style block fake quantization as a Pallas kernel, built to be bit-identical to
-the library's XLA path on a GPU (an experiment: ``benchmark_quantize`` times it and compares
-its digest with the XLA path's; the library does not use it).
+"""One-pass MX-style block fake quantization as a Pallas kernel, bit-identical to the XLA path.
 
-XLA quantizes MXFP4 in two passes (the blocks' amax, then scale and round: 0.44-0.57x a copy on
-an H200). A kernel that holds a tile of whole blocks reads the input once. An earlier kernel
-ran the format's generic rounding (logarithms, powers) in Triton's float arithmetic: 4x slower
-than XLA and 11.5k of 262k values different. This one uses only exact operations:
+``Quantizer(kernel="auto")`` (the default) runs it for ``q(x)`` on a GPU where ``supported``
+finds nothing against it and the estimator needs no scaled input (STE), and logs which path
+ran; ``kernel="pallas"`` always runs it (in the Pallas interpreter off GPUs: for tests),
+``kernel="xla"`` never.
+
+XLA quantizes MXFP4 in two passes (the blocks' amax, then scale and round: 0.57x a copy on an
+H200). A kernel that holds a tile of whole blocks reads the input once (1.12x a copy, the same
+bits: ``experiments.benchmark_quantize``). An earlier kernel ran the format's generic rounding
+(logarithms, powers) in Triton's float arithmetic: 4x slower than XLA and 11.5k of 262k values
+different. This one uses only exact operations:
 
 - the block amax is a max of finite magnitudes (inf and NaN count as 0, as ``scaling.amax``);
 - the power-of-two scale comes from the amax's exponent bits (``pow2_floor``, the OCP rule:
@@ -16,9 +20,9 @@ than XLA and 11.5k of 262k values different. This one uses only exact operations
   values past the largest saturate to it; NaN stays NaN, the sign is the input's (a float
   format's zero keeps it, -0; an integer format's zero is +0).
 
-Tiles are ``rows x block`` (rows contiguous blocks: one contiguous chunk of memory).
+Tiles are ``rows x block`` (rows contiguous blocks: one contiguous chunk of memory), ``rows``
+the largest power of two up to 256 that divides the number of blocks (at least 8).
 """
-
 from __future__ import annotations
 
 import functools
@@ -30,18 +34,26 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from lowprec.formats import FloatFormat
-from lowprec.quant import Quantizer
 
-ROWS = 256
+MAX_ROWS, MIN_ROWS = 256, 8
 
 
-def supported(q: Quantizer, x) -> str | None:
-    """Why ``block_fake_quant(q, x)`` cannot run (None when it can)."""
+def _rows(blocks: int) -> int:
+    """Blocks per tile: the largest power of two <= MAX_ROWS dividing ``blocks`` (0 if < MIN_ROWS)."""
+    rows = MAX_ROWS
+    while rows >= MIN_ROWS and blocks % rows:
+        rows //= 2
+    return rows if rows >= MIN_ROWS else 0
+
+
+def supported(q, x) -> str | None:
+    """Why ``block_fake_quant(q, x)`` (``q`` a Quantizer) cannot run (None when it can)."""
     g = q.granularity
     if g.kind != "block" or g.axes not in ((-1,), (x.ndim - 1,)):
         return f"granularity {g} (blocks along the last axis only)"
-    if x.ndim == 0 or x.shape[-1] % g.size[0] or (x.size // g.size[0]) % ROWS:
-        return f"shape {x.shape}: the last axis must be whole blocks and the blocks whole tiles of {ROWS}"
+    if x.ndim == 0 or x.shape[-1] % g.size[0] or not _rows(x.size // g.size[0]):
+        return (f"shape {tuple(x.shape)}: the last axis must be whole blocks of {g.size[0]} and their number a "
+                f"multiple of {MIN_ROWS}")
     if q.scale != "pow2_floor" or q.source != "absmax" or q.tensor_scale or q.double_quant or q.occ:
         return "scales other than pow2_floor from the current amax"
     if q.rounding != "nearest_even" or q.overflow != "saturate":
@@ -65,7 +77,7 @@ def _grid(fmt):
     return tuple(float(v) for v in pos), tuple(float(m) for m in mids), tuple(bool(u) for u in up)
 
 
-def block_fake_quant(q: Quantizer, x, *, interpret: bool | None = None):
+def block_fake_quant(q, x, *, interpret: bool | None = None):
     """``q(x)``'s forward value (fp32) in one pass; ``supported(q, x)`` must be None."""
     why = supported(q, x)
     if why is not None:
@@ -75,10 +87,11 @@ def block_fake_quant(q: Quantizer, x, *, interpret: bool | None = None):
     pos, mids, up = _grid(q.format)
     kernel = functools.partial(_kernel, emax=int(q.format.emax), pos=pos, mids=mids, up=up,
                                signed_zero=isinstance(q.format, FloatFormat))
-    spec = pl.BlockSpec((ROWS, n), lambda i: (i, 0))
+    rows = _rows(flat.shape[0])
+    spec = pl.BlockSpec((rows, n), lambda i: (i, 0))
     if interpret is None:
         interpret = jax.default_backend() != "gpu"
-    y = pl.pallas_call(kernel, grid=(flat.shape[0] // ROWS,), in_specs=[spec], out_specs=spec,
+    y = pl.pallas_call(kernel, grid=(flat.shape[0] // rows,), in_specs=[spec], out_specs=spec,
                        out_shape=jax.ShapeDtypeStruct(flat.shape, jnp.float32), interpret=interpret)(flat)
     return y.reshape(x.shape)
 
