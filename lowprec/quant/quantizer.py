@@ -167,8 +167,9 @@ class Quantizer:
         self._check_key(key)
         return _fake_quant(self, x, key, amax_history)
 
-    def kernel_path(self, x) -> tuple[str, str]:
-        """(``"pallas"`` or ``"xla"``, why): how ``self(x)`` computes its forward value."""
+    def kernel_path(self, x, backend: str | None = None) -> tuple[str, str]:
+        """(``"pallas"`` or ``"xla"``, why): how ``self(x)`` computes its forward value on
+        ``backend`` (default: this process's)."""
         why = block_kernel.supported(self, x)
         if self.kernel == "pallas":
             if why is not None:
@@ -179,8 +180,9 @@ class Quantizer:
             return "xla", "kernel='xla'"
         if why is None and self.estimator.needs_input:
             why = f"estimator {self.estimator} needs the scaled input"
-        if why is None and jax.default_backend() != "gpu":
-            why = f"backend {jax.default_backend()}"
+        backend = backend or jax.default_backend()
+        if why is None and backend != "gpu":
+            why = f"backend {backend}"
         return ("xla", why) if why is not None else ("pallas", "one-pass kernel on a GPU")
 
     def _forward(self, x, key, amax_history):

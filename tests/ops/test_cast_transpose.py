@@ -168,3 +168,19 @@ def test_auto_here_is_the_xla_program_and_says_so(rand, caplog):
         auto = lowered(FP8.replace(fp8_transposes="auto"))
     assert auto == lowered(FP8) and "pallas" not in auto.lower()
     assert "fp8_transposes=auto: fused (backend cpu" in caplog.text
+
+
+def test_auto_on_one_gpu_is_the_fp8_pallas_program(rand, monkeypatch):
+    """Where "auto" picks the kernel (one GPU), the program is exactly recipe fp8_pallas's
+    (here in the Pallas interpreter: the choice is forced, the backend stays the CPU)."""
+    monkeypatch.setattr(cast_transpose, "auto_transposes", lambda: ("pallas", "one GPU"))
+    x, w = rand(0, (128, 64), jnp.bfloat16), rand(1, (64, 128), jnp.bfloat16)
+
+    def lowered(recipe):
+        fn = jax.jit(jax.grad(lambda a, b: jnp.sum(lp.ops.dot_general(a, b, (((1,), (0,)), ((), ())), recipe)),
+                              argnums=(0, 1)))
+        return fn.lower(x, w).as_text()
+
+    auto = lowered(recipes.fp8.replace(native_fp8="on"))
+    assert auto == lowered(recipes.fp8_pallas.replace(native_fp8="on"))
+    assert auto != lowered(recipes.fp8.replace(native_fp8="on", fp8_transposes="fused"))
