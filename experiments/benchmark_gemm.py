@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import time
 
 import jax
 import jax.numpy as jnp
@@ -96,9 +97,13 @@ def run_shape(name: str, shape, repeats: int, labels: list[str] | None = None) -
     for i, label in enumerate(labels or list(RECIPES)):
         recipe = RECIPES[label]
         try:
+            t0 = time.perf_counter()
             step, args = layer_step(recipe, tokens, d_in, d_out)
             compiled = step.lower(*args).compile()  # once: timed and read for its GEMMs
+            t1 = time.perf_counter()
             seconds = time_fn(compiled, *args, repeats=repeats)
+            print(f"{name} {label}: {seconds * 1e3:.3f} ms (set up and compiled in {t1 - t0:.1f} s, timed in "
+                  f"{time.perf_counter() - t1:.1f} s)", flush=True)
         except Exception as e:  # noqa: BLE001 - one case failing (e.g. a kernel this device rejects) spares the rest
             if i == 0:
                 raise
@@ -146,10 +151,15 @@ def main(argv=None):
     parser.add_argument("--recipes", default=None,
                         help=f"regex: only the recipes whose label matches (bf16, the baseline, always runs); "
                              f"labels: {'; '.join(RECIPES)}")
+    parser.add_argument("--shapes", default=None, help="regex: only the shapes whose name matches; names: "
+                        + "; ".join(SHAPES))
     parser.add_argument("--out", default="experiments/results/benchmarks/gemm.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    shapes = SMALL_SHAPES if args.small else SHAPES
+    shapes = {k: v for k, v in (SMALL_SHAPES if args.small else SHAPES).items()
+              if args.shapes is None or re.search(args.shapes, k)}
+    if not shapes:
+        parser.error(f"--shapes {args.shapes!r} matches no shape; shapes: {'; '.join(SMALL_SHAPES if args.small else SHAPES)}")
     repeats = args.repeats or (3 if args.small else 20)
     env = environment()
     labels = [lb for i, lb in enumerate(RECIPES) if i == 0 or args.recipes is None or re.search(args.recipes, lb)]

@@ -19,12 +19,16 @@ def test_small_benchmark_writes_results(tmp_path, capsys):
     assert "FP8 GEMMs" in table[0] and table[-1].startswith("OCC quantile alone")
 
 
-def test_recipes_filter_keeps_the_baseline(tmp_path):
+def test_recipes_filter_keeps_the_baseline(tmp_path, capsys):
     out = tmp_path / "gemm.json"
     benchmark_gemm.main(["--small", "--repeats", "1", "--recipes", "^fp8$", "--out", str(out)])
     rows = json.loads(out.read_text())["results"]
     assert [r["recipe"] for r in rows] == ["bf16", "fp8"] * len(benchmark_gemm.SMALL_SHAPES)
     assert rows[0]["time_vs_bf16"] == 1.0
+    assert all(r["fp8_transposes"] == "fused" for r in rows)  # "auto" on a CPU
+    assert "256x256x256 fp8: " in capsys.readouterr().out  # progress: each case as it is timed
+    benchmark_gemm.main(["--small", "--repeats", "1", "--recipes", "^fp8$", "--shapes", "^512", "--out", str(out)])
+    assert [r["shape"] for r in json.loads(out.read_text())["results"]] == ["512x128->128"] * 2
     try:
         benchmark_gemm.main(["--small", "--recipes", "fp3", "--out", str(out)])
     except SystemExit as e:
