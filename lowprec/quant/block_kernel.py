@@ -1,8 +1,8 @@
 """One-pass MX-style block fake quantization as a Pallas kernel, bit-identical to the XLA path.
 
-``Quantizer(kernel="auto")`` (the default) runs it for ``q(x)`` on a GPU where ``supported``
-finds nothing against it and the estimator needs no scaled input (STE), and logs which path
-ran; ``kernel="pallas"`` always runs it (in the Pallas interpreter off GPUs: for tests),
+``Quantizer(kernel="auto")`` (the default) runs it for ``q(x)`` when the process has one
+device, a GPU, ``supported`` finds nothing against it and the estimator needs no scaled input
+(STE), and logs which path ran (the kernel is not partitioned across devices); ``kernel="pallas"`` always runs it (in the Pallas interpreter off GPUs: for tests),
 ``kernel="xla"`` never.
 
 XLA quantizes MXFP4 in two passes (the blocks' amax, then scale and round: 0.57x a copy on an

@@ -45,9 +45,9 @@ class Quantizer:
     operands and so lose nothing at the clamp. ``block_amax``: ``"reduce"`` or ``"slices"``, how
     a small block's amax is traced (same bits; see ``scaling.amax``). ``kernel``: how ``q(x)``
     computes blocks of at most 16-value formats with ``pow2_floor`` scales (MXFP4, MXINT4, ...):
-    ``"auto"`` from the one-pass Pallas kernel of ``quant.block_kernel`` on a GPU where it
-    applies and the estimator is STE (else XLA; the path is logged once per quantizer and
-    shape), ``"pallas"`` always from the kernel (interpreted off GPUs; an error where it does
+    ``"auto"`` from the one-pass Pallas kernel of ``quant.block_kernel`` when the process has
+    exactly one device, a GPU, the kernel applies and the estimator is STE (else XLA; the path
+    is logged once per quantizer and shape), ``"pallas"`` always from the kernel (interpreted off GPUs; an error where it does
     not apply), ``"xla"`` never. Same bits every way; ``quantize()`` (codes) is always XLA.
     """
 
@@ -167,9 +167,9 @@ class Quantizer:
         self._check_key(key)
         return _fake_quant(self, x, key, amax_history)
 
-    def kernel_path(self, x, backend: str | None = None) -> tuple[str, str]:
+    def kernel_path(self, x, backend: str | None = None, device_count: int | None = None) -> tuple[str, str]:
         """(``"pallas"`` or ``"xla"``, why): how ``self(x)`` computes its forward value on
-        ``backend`` (default: this process's)."""
+        ``backend`` with ``device_count`` devices (default: this process's)."""
         why = block_kernel.supported(self, x)
         if self.kernel == "pallas":
             if why is not None:
@@ -181,8 +181,11 @@ class Quantizer:
         if why is None and self.estimator.needs_input:
             why = f"estimator {self.estimator} needs the scaled input"
         backend = backend or jax.default_backend()
+        device_count = jax.device_count() if device_count is None else device_count
         if why is None and backend != "gpu":
             why = f"backend {backend}"
+        if why is None and device_count != 1:  # under a sharded jit XLA would gather x onto every device
+            why = f"{device_count} devices (the kernel is not partitioned)"
         return ("xla", why) if why is not None else ("pallas", "one-pass kernel on a GPU")
 
     def _forward(self, x, key, amax_history):

@@ -91,10 +91,11 @@ def test_auto_takes_the_kernel_only_where_it_applies_on_a_gpu(caplog, _log_again
     assert q.replace(estimator="dge").kernel_path(x)[1] == "estimator dge needs the scaled input"
     assert "whole blocks" in q.kernel_path(jnp.ones((256, 48)))[1]
     assert q.replace(kernel="pallas").kernel_path(x) == ("pallas", "kernel='pallas'")
-    assert q.kernel_path(x, backend="gpu") == ("pallas", "one-pass kernel on a GPU")
-    assert q.replace(kernel="xla").kernel_path(x, backend="gpu") == ("xla", "kernel='xla'")
-    assert q.replace(rounding="stochastic").kernel_path(x, backend="gpu")[0] == "xla"
-    assert lp.quant.presets.MXFP8_E4M3.kernel_path(x, backend="gpu")[1].endswith("more than 16 values or not symmetric")
+    assert q.kernel_path(x, backend="gpu", device_count=1) == ("pallas", "one-pass kernel on a GPU")
+    assert q.kernel_path(x, backend="gpu", device_count=4) == ("xla", "4 devices (the kernel is not partitioned)")
+    assert q.replace(kernel="xla").kernel_path(x, backend="gpu", device_count=1) == ("xla", "kernel='xla'")
+    assert q.replace(rounding="stochastic").kernel_path(x, backend="gpu", device_count=1)[0] == "xla"
+    assert lp.quant.presets.MXFP8_E4M3.kernel_path(x, "gpu", 1)[1].endswith("more than 16 values or not symmetric")
     with caplog.at_level(logging.INFO, logger="lowprec.quant.quantizer"):
         q(x)
         q(x)
