@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from lowprec.quant import block_kernel
+
 logger = logging.getLogger(__name__)
 
 BLOCK = 64
@@ -62,13 +64,8 @@ def auto_transposes(backend: str | None = None, device_count: int | None = None)
     exactly one device and it is a GPU, else ``("fused", why)`` (elsewhere the kernel would run
     in the Pallas interpreter, and across devices XLA would gather its operands onto each one).
     ``backend`` and ``device_count`` default to this process's."""
-    backend = backend or jax.default_backend()
-    device_count = jax.device_count() if device_count is None else device_count
-    if backend != "gpu":
-        return "fused", f"backend {backend} (the Pallas kernel would be interpreted)"
-    if device_count != 1:
-        return "fused", f"{device_count} devices (the Pallas kernel is not partitioned)"
-    return "pallas", "one GPU"
+    why = block_kernel.not_one_gpu(backend, device_count)
+    return ("fused", why) if why is not None else ("pallas", "one GPU")
 
 
 def resolve_transposes(mode: str) -> str:

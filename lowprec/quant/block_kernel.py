@@ -1,8 +1,9 @@
 """One-pass MX-style block fake quantization as a Pallas kernel, bit-identical to the XLA path.
 
 ``Quantizer(kernel="auto")`` (the default) runs it for ``q(x)`` when the process has one
-device, a GPU, ``supported`` finds nothing against it and the estimator needs no scaled input
-(STE), and logs which path ran (the kernel is not partitioned across devices); ``kernel="pallas"`` always runs it (in the Pallas interpreter off GPUs: for tests),
+device, a GPU (``not_one_gpu``: the kernel is not partitioned across devices), ``supported``
+finds nothing against it and the estimator needs no scaled input (STE), and logs which path
+ran; ``kernel="pallas"`` always runs it (in the Pallas interpreter off GPUs: for tests),
 ``kernel="xla"`` never.
 
 XLA quantizes MXFP4 in two passes (the blocks' amax, then scale and round: 0.57x a copy on an
@@ -36,6 +37,20 @@ from jax.experimental import pallas as pl
 from lowprec.formats import FloatFormat
 
 MAX_ROWS, MIN_ROWS = 256, 8
+
+
+def not_one_gpu(backend: str | None = None, device_count: int | None = None) -> str | None:
+    """Why a Pallas kernel should not be chosen automatically here (None when the process has
+    exactly one device and it is a GPU): elsewhere it would run in the Pallas interpreter, and
+    under a sharded jit XLA would gather its operands onto every device. ``backend`` and
+    ``device_count`` default to this process's."""
+    backend = backend or jax.default_backend()
+    device_count = jax.device_count() if device_count is None else device_count
+    if backend != "gpu":
+        return f"backend {backend}"
+    if device_count != 1:
+        return f"{device_count} devices (the kernel is not partitioned)"
+    return None
 
 
 def _rows(blocks: int) -> int:

@@ -47,8 +47,9 @@ class Quantizer:
     computes blocks of at most 16-value formats with ``pow2_floor`` scales (MXFP4, MXINT4, ...):
     ``"auto"`` from the one-pass Pallas kernel of ``quant.block_kernel`` when the process has
     exactly one device, a GPU, the kernel applies and the estimator is STE (else XLA; the path
-    is logged once per quantizer and shape), ``"pallas"`` always from the kernel (interpreted off GPUs; an error where it does
-    not apply), ``"xla"`` never. Same bits every way; ``quantize()`` (codes) is always XLA.
+    is logged once per quantizer and shape), ``"pallas"`` always from the kernel (interpreted
+    off GPUs; an error where it does not apply), ``"xla"`` never. Same bits every way;
+    ``quantize()`` (codes) is always XLA.
     """
 
     format: Format | str
@@ -180,12 +181,8 @@ class Quantizer:
             return "xla", "kernel='xla'"
         if why is None and self.estimator.needs_input:
             why = f"estimator {self.estimator} needs the scaled input"
-        backend = backend or jax.default_backend()
-        device_count = jax.device_count() if device_count is None else device_count
-        if why is None and backend != "gpu":
-            why = f"backend {backend}"
-        if why is None and device_count != 1:  # under a sharded jit XLA would gather x onto every device
-            why = f"{device_count} devices (the kernel is not partitioned)"
+        if why is None:
+            why = block_kernel.not_one_gpu(backend, device_count)
         return ("xla", why) if why is not None else ("pallas", "one-pass kernel on a GPU")
 
     def _forward(self, x, key, amax_history):
