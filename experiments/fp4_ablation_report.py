@@ -37,6 +37,7 @@ METHOD = ("A claim compares the final validation loss (nats per byte) of setting
           "that diverged or failed counts as worse than any that finished. A claim is *incomplete* while one "
           "of its settings has a run that has not finished.")
 LT, NEAR = "<", "≈"
+TENSOR = "fp4_wtensor_atensor"  # the full method with one scale per tensor for weights and activations
 CLAIMS = (  # (sub-sweep, the paper's claim, comparisons that must all hold)
     ("a", "FP8 ≈ BF16", [("fp8", NEAR, "bf16")]),
     ("a", "the full method (W4A4 + DGE + OCC) ≈ BF16", [("fp4_paper", NEAR, "bf16")]),
@@ -51,7 +52,13 @@ CLAIMS = (  # (sub-sweep, the paper's claim, comparisons that must all hold)
     ("d", "vector-wise weights (channel) and activations (token) are best",
      [("fp4_paper", LT, other) for other in ("fp4_wtensor_atensor", "fp4_wtensor_atoken", "fp4_wchannel_atensor")]),
     ("d", "tensor-wise activations hurt more than tensor-wise weights", [("fp4_wtensor_atoken", LT, "fp4_wchannel_atensor")]),
+    ("d", "tensor-wise FP4 (weights and activations) fails: worse than vector-wise", [("fp4_paper", LT, TENSOR)]),
+    ("e", "E2M1, the element format the paper trains with, beats E1M2 and E3M0",
+     [("fp4_paper", LT, "fp4_e1m2"), ("fp4_paper", LT, "fp4_e3m0")]),
     ("lr", "at 3x the learning rate, the full method beats plain W4A4", [("fp4_paper", LT, "w4a4")]),
+    ("lr", "at 3x the learning rate, the full method ≈ BF16", [("fp4_paper", NEAR, "bf16")]),
+    ("lr", "at 3x the learning rate, tensor-wise FP4 fails: worse than vector-wise", [("fp4_paper", LT, TENSOR)]),
+    ("dge_lr", "W4A8 at a 3x smaller learning rate: DGE (k = 5) beats STE", [("w4a8_dge5", LT, "w4a8")]),
 )
 
 

@@ -192,8 +192,10 @@ class Runner:
     """Runs ``runs`` (``launch.sweep.Run``) on ``slot_devices`` (see :func:`slots`); ``run()``
     returns the exit code: 1 if any of its runs ended failed (or the runner was stopped)."""
 
-    def __init__(self, runs, slot_devices, retry_failed: bool = True, refresh: float = 5.0, env=None):
+    def __init__(self, runs, slot_devices, retry_failed: bool = True, refresh: float = 5.0, env=None,
+                 commit: str | None = None):
         self.runs, self.slots = list(runs), list(slot_devices)
+        self.commit = commit  # the code's git commit, written into each run's runner.log when it starts
         self.retry_failed, self.refresh = retry_failed, refresh
         self.env = dict(os.environ if env is None else env)
         self.running: dict[int, tuple] = {}  # slot -> (run, process, output file, STATUS stamp at start)
@@ -263,7 +265,7 @@ class Runner:
         out = open(os.path.join(run.path, "stdout.txt"), "a")
         stamp = status_stamp(run.path)
         where = "CPU" if device is None else f"CUDA_VISIBLE_DEVICES={device}"
-        _runner_log(run.path, f"started on slot {slot} ({where})")
+        _runner_log(run.path, f"started on slot {slot} ({where})" + (f" at git {self.commit}" if self.commit else ""))
         log.info("start %s on slot %d (%s)", run.id, slot, where)
         process = subprocess.Popen(run.command, stdout=out, stderr=subprocess.STDOUT, env=env,
                                    cwd=os.getcwd(), start_new_session=True)

@@ -310,7 +310,7 @@ def _main(args) -> int:
 
     write_manifest(args.root, args.spec, runs)
     slots = runner.slots(args.parallel, args.devices, args.gpus_per_run)
-    return runner.Runner(mine, slots, retry_failed=args.retry_failed, refresh=args.refresh).run()
+    return runner.Runner(mine, slots, retry_failed=args.retry_failed, refresh=args.refresh, commit=git_commit()).run()
 
 
 if __name__ == "__main__":

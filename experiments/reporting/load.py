@@ -36,6 +36,7 @@ class Run:
     val: list[dict]
     telemetry: list[dict]
     log_text: str
+    commits: tuple = ()  # the git commits its starts ran at (runner.log), in order, each once
 
     def value(self, axis: str):
         """This run's value on ``axis`` (a dotted config path): the resolved config's, else the override's."""
@@ -135,7 +136,17 @@ def read_run(root: str, run_id: str, overrides: dict) -> Run:
     log_path = os.path.join(path, "log.txt")
     log_text = open(log_path, errors="replace").read() if os.path.exists(log_path) else ""
     return Run(run_id, path, dict(overrides), config, status or NOT_STARTED, reason, split["train"], split["val"],
-               split["telemetry"], log_text)
+               split["telemetry"], log_text, started_at(path))
+
+
+def started_at(path: str) -> tuple:
+    """The git commits the run's starts ran at, from its runner.log (empty for runs launched before
+    the runner recorded them)."""
+    log_path = os.path.join(path, "runner.log")
+    if not os.path.exists(log_path):
+        return ()
+    with open(log_path, errors="replace") as f:
+        return tuple(dict.fromkeys(re.findall(r"started on slot .* at git ([0-9a-f]{7,40})", f.read())))
 
 
 def _order(value) -> tuple:

@@ -33,6 +33,22 @@ def device_info(sweep: Sweep) -> str:
     return "; ".join(parts + sorted(models))
 
 
+def trained_at(runs) -> str:
+    """"; runs trained at: `abc1234` (3 runs), ..." from the runs' runner.log records, if any."""
+    started = [r for r in runs if r.status != "not started"]
+    by_commit: dict[str, int] = {}
+    for r in started:
+        for c in r.commits:
+            by_commit[c[:7]] = by_commit.get(c[:7], 0) + 1
+    if not by_commit:
+        return ""
+    unknown = sum(not r.commits for r in started)
+    parts = [f"`{c}` ({n} run{'s' * (n > 1)})" for c, n in by_commit.items()]
+    if unknown:
+        parts.append(f"not recorded ({unknown} run{'s' * (unknown > 1)}, launched before the runner recorded it)")
+    return "; runs trained at: " + ", ".join(parts)
+
+
 def setup(sweep: Sweep, command: str, generated: str) -> str:
     counts = {}
     for r in sweep.runs:
@@ -41,13 +57,13 @@ def setup(sweep: Sweep, command: str, generated: str) -> str:
     if sweep.manifest:
         source = f"`{sweep.spec}` (manifest.json created {sweep.created})"
         versions = ", ".join(f"{k} {v}" for k, v in sweep.versions.items() if v) or "not recorded"
-        git = f"`{sweep.git}`" if sweep.git else "not recorded"
+        git = f"`{sweep.git}` (the sweep's last launch)" if sweep.git else "not recorded"
     else:
         source = ("no manifest.json: every subdirectory with a config.json is a run; "
                   "axes are the config keys that differ")
         versions = git = "not recorded (no manifest.json)"
     rows = [["sweep config", source], ["axes", axes], ["runs", f"{len(sweep.runs)} ({status_counts(counts)})"],
-            ["git commit", git], ["software", versions], ["device", cells.text(device_info(sweep), 600)]]
+            ["git commit", git + trained_at(sweep.runs)], ["software", versions], ["device", cells.text(device_info(sweep), 600)]]
     extra = [a for a in infer_axes([r.config for r in sweep.runs]) if a not in sweep.axes]
     if extra:
         rows.append(["note", f"the runs' configs also differ in: {', '.join(extra)}"])

@@ -43,7 +43,8 @@ def root(tmp_path):
     for recipe, vals in b.items():
         for seed, v in enumerate(vals):
             _run(root, "b", recipe, seed, v)
-    c = {"w8a4": (math.nan, 1.2), "w8a4_occ999": (1.10, 1.11), "w8a4_occ99": (1.09, 1.10), "w8a4_occ97": (1.08, 1.09)}
+    c = {"w8a4": (math.nan, 1.2), "w8a4_occ999": (1.10, 1.11), "w8a4_occ99": (1.09, 1.10, 1.11),
+         "w8a4_occ97": (1.08, 1.09, 1.10)}  # the last two with the third seed configs/fp4_ablation.py asks of them
     for recipe, vals in c.items():
         for seed, v in enumerate(vals):
             _run(root, "c", recipe, seed, v, status="failed" if math.isnan(v) else "done")
@@ -72,9 +73,13 @@ def test_claims_are_checked_from_the_runs(root, tmp_path):
     assert d["outcome"].startswith("incomplete") and "(seed 0 alone: -0.0500)" in d["evidence"]
     assert got[("lr", "at 3x the learning rate, the full method beats plain W4A4")] == \
         "incomplete (fp4_paper, w4a4 not finished)"  # the lr runs are their own runs, not (a)'s
+    # (e) asks a third seed of fp4_paper, which (a) does not: incomplete in (e) only.
+    assert got[("e", "E2M1, the element format the paper trains with, beats E1M2 and E3M0")] == \
+        "incomplete (fp4_e1m2, fp4_e3m0, fp4_paper not finished)"
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| fp4_paper | 2 of 3 | 1.0900 ± 0.0400 | 1.0500, 1.1300 |" in md  # the (e) table
     with open(tmp_path / "out" / "claims.csv") as f:
         assert [r["outcome"] for r in csv.DictReader(f)] == [rows[(s, c)]["outcome"] for s, c, _ in report.CLAIMS]
-    md = (tmp_path / "out" / "report.md").read_text()
     assert "| w8a4 | 2 of 2 | diverged or failed | 1.2000 |" in md
     assert "| fp4_paper | 2 of 2 | 1.0900 ± 0.0400 | 1.0500, 1.1300 |" in md
     for line in md.splitlines():  # no cell breaks a table row apart

@@ -328,3 +328,22 @@ def test_only_reports_the_matching_runs_with_the_manifest_record(sweep, tmp_path
         report.build(sweep, out=out, only="recipe-fp16")
     with pytest.raises(ValueError, match="not a regular expression"):
         report.build(sweep, out=out, only="recipe-(")
+
+
+def test_the_commits_runs_were_trained_at_come_from_their_runner_logs(tmp_path):
+    from experiments.reporting import load, markdown
+    logs = {"old": ["started on slot 0 (CPU)"],  # launched before the runner recorded commits
+            "resumed": ["started on slot 1 (CPU) at git aaaaaaa1111", "ended with exit code 0, STATUS running",
+                        "started on slot 0 (CPU) at git bbbbbbb2222", "started on slot 0 (CPU) at git bbbbbbb2222"],
+            "new": ["started on slot 0 (CUDA_VISIBLE_DEVICES=0) at git bbbbbbb2222"]}
+    runs = []
+    for name, lines in logs.items():
+        os.makedirs(tmp_path / name)
+        (tmp_path / name / "runner.log").write_text("".join(f"2026-12-03T10:00:00 host pid 1: {x}\n" for x in lines))
+        runs.append(load.Run(name, str(tmp_path / name), {}, {}, "done", "", [], [], [], "",
+                             load.started_at(str(tmp_path / name))))
+    assert [r.commits for r in runs] == [(), ("aaaaaaa1111", "bbbbbbb2222"), ("bbbbbbb2222",)]
+    assert load.started_at(str(tmp_path / "missing")) == ()
+    assert markdown.trained_at(runs) == ("; runs trained at: `aaaaaaa` (1 run), `bbbbbbb` (2 runs), not recorded "
+                                         "(1 run, launched before the runner recorded it)")
+    assert markdown.trained_at(runs[:1]) == ""  # nothing recorded: nothing claimed

@@ -28,6 +28,8 @@ def test_sweep_end_to_end_failure_then_rerun(spec, tmp_path, launch, starts, in_
     manifest = sweep.read_manifest(root)
     assert [m["id"] for m in manifest["runs"]] == [r.id for r in runs]
     assert manifest["axes"] == ["recipe", "mesh.data"] and manifest["config"] == spec
+    assert manifest["git"] and all(f"at git {manifest['git']}" in open(os.path.join(r.path, "runner.log")).read()
+                                   for r in runs)  # each run's start names the code it ran
     metrics = os.path.join(runs[0].path, "metrics.jsonl")
     before = (open(metrics).read(), os.stat(metrics).st_mtime_ns)
 

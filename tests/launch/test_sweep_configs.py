@@ -16,14 +16,18 @@ def ids(arg: str, root: str) -> dict:
 def test_fp4_ablation_sub_sweeps_share_the_full_method_runs(tmp_path):
     root = str(tmp_path / "ab")
     a, d, e = ids("a", root), ids("d", root), ids("e", root)
-    assert len(d) == 8 and len(e) == 6  # 4 granularities and 3 element formats, 2 seeds each
+    assert len(d) == 8 and len(e) == 8  # 4 granularities and 3 element formats, 2 seeds each
+    assert {k for k in e if k.endswith("/2")} == {"fp4_paper@/2", "fp4_e3m0@/2"}  # a third seed where they disagreed
+    assert "fp4_paper@/2" not in a and "fp4_paper@/2" not in d  # not asked of (a) and (d)
     for seed in (0, 1):  # the full method's own cells are the (a) run itself
         assert d[f"fp4_paper@/{seed}"] == a[f"fp4_paper@/{seed}"] == e[f"fp4_paper@/{seed}"]
     everything = ids("all", root)
     assert len(set(everything.values())) == len(everything)  # "all" runs each distinct recipe once
     assert set(a.values()) | set(d.values()) | set(e.values()) <= set(everything.values())
+    assert len(everything) == 48 and sum(k.endswith("/2") for k in everything) == 4
     lr = ids("lr", root)
-    assert sorted(lr) == sorted(f"{r}@0.003/{s}" for r in ("bf16", "w4a4", "fp4_paper") for s in (0, 1))
+    lr_recipes = ("bf16", "w4a4", "fp4_paper", "fp4_wtensor_atensor")
+    assert sorted(lr) == sorted(f"{r}@0.003/{s}" for r in lr_recipes for s in (0, 1))
     assert not set(lr.values()) & set(everything.values())
     dge_lr = ids("dge_lr", root)
     assert sorted(dge_lr) == sorted(f"{r}@0.0003/{s}" for r in ("w4a8", "w4a8_dge5") for s in (0, 1))
