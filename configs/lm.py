@@ -29,6 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     size = "tiny" if smoke or cpu else parts[0]
     small = smoke or cpu
     recipe = parts[1] if len(parts) > 1 else "bf16"
+    check_variant(arg, parts, size, recipe)
 
     c = ml_collections.ConfigDict()
     c.seed = 0
@@ -64,3 +65,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         checkpoint_every=30 if smoke else 200 if cpu else 500, keep_checkpoints=3,
         telemetry_every=0, progress=True))
     return c
+
+
+def check_variant(arg, parts: list[str], size: str, recipe: str) -> None:
+    """A clear error for a variant string with extra parts, an unknown size or an unknown recipe."""
+    from lowprec.models.llama import SIZES
+    from lowprec.ops import recipes
+
+    if len(parts) > 2:
+        raise ValueError(f"configs/lm.py variant {arg!r}: expected '<size>[,<recipe>]', 'cpu[,<recipe>]' or "
+                         f"'smoke[,<recipe>]'; got {len(parts)} comma-separated parts")
+    if size not in SIZES:
+        raise ValueError(f"configs/lm.py variant {arg!r}: unknown size {size!r}; known: "
+                         f"{', '.join(SIZES)}, cpu, smoke")
+    try:
+        recipes.get(recipe)
+    except ValueError as e:
+        raise ValueError(f"configs/lm.py variant {arg!r}: {e}") from None

@@ -7,7 +7,7 @@
 """
 
 from lowprec.nn.base import AmaxHistory, GradTelemetry, QuantModule, update_amax_histories
-from lowprec.nn.dense import QuantDense
+from lowprec.nn.dense import QuantDense, QuantDenseGeneral
 from lowprec.nn.einsum import QuantEinsum
 from lowprec.nn.lora import (
     LoRADense, LoRAParam, QuantizedDense, QuantizedWeight, apply_lora, count_params, merge_lora, set_deterministic,
@@ -16,7 +16,7 @@ from lowprec.nn.lora import (
 from lowprec.nn.rules import assign_recipes
 
 __all__ = [
-    "AmaxHistory", "GradTelemetry", "LoRADense", "LoRAParam", "QuantDense", "QuantEinsum", "QuantModule", "QuantizedDense",
+    "AmaxHistory", "GradTelemetry", "LoRADense", "LoRAParam", "QuantDense", "QuantDenseGeneral", "QuantEinsum", "QuantModule", "QuantizedDense",
     "QuantizedWeight", "apply_lora", "assign_recipes", "count_params", "merge_lora", "set_deterministic",
     "update_amax_histories", "weight_quantizer",
 ]

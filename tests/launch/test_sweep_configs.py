@@ -36,3 +36,14 @@ def test_fp4_ablation_sub_sweeps_share_the_full_method_runs(tmp_path):
 def test_fp4_ablation_unknown_sub_sweep_names_the_choices(tmp_path):
     with pytest.raises(ValueError, match=r"unknown ablation\(s\) \['z'\]; known: a, b, c, d, e, parts, lr, dge_lr"):
         sweep.expand(f"{ABLATION}:a+z", str(tmp_path))
+
+
+def test_lm_config_variants_are_checked():
+    from configs import lm
+    assert lm.get_config("6m,fp8").recipe == "fp8" and lm.get_config("cpu").model.size == "tiny"
+    with pytest.raises(ValueError, match=r"variant '20m,fp8,junk': expected '<size>\[,<recipe>\]'.*got 3"):
+        lm.get_config("20m,fp8,junk")
+    with pytest.raises(ValueError, match=r"variant '2m': unknown size '2m'; known: tiny, 6m, 20m, .*, cpu, smoke"):
+        lm.get_config("2m")
+    with pytest.raises(ValueError, match=r"variant '20m,fp7': unknown recipe 'fp7'; known: bf16, "):
+        lm.get_config("20m,fp7")

@@ -1,0 +1,107 @@
+"""Evaluate a trained run: its held-out loss with the recipe it trained with, and with others.
+
+    python -m experiments.evaluate runs/20m-bf16                                  # as trained
+    python -m experiments.evaluate runs/20m-bf16 --recipe fp8 --recipe fp4_paper  # + inference in these
+    python -m experiments.evaluate runs/20m-bf16 --step 1000 --batches 32 --out eval.json
+
+Loads the run's checkpoint (``--step``, default the latest) and measures the mean next-token
+loss, perplexity and bits per byte on its own validation split (the data, sequence length and
+batch size of its config; ``--batches`` held-out batches, default the run's
+``train.eval_batches``). Each ``--recipe`` re-evaluates the same weights with that recipe on
+every layer the run's recipe rules do not pin (the LM head stays as trained): what serving the
+model in another format would cost, with no calibration. ``--out`` writes the rows as JSON with
+the command, device, date and package versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from tqdm.auto import tqdm
+
+from experiments.common import cli_logging, environment, write_json
+from lowprec import data as lpdata
+from lowprec import nn as lpnn
+from lowprec import ptq
+from lowprec.ops import recipes
+from lowprec.train import restore
+
+log = logging.getLogger("evaluate")
+
+
+def held_out(run, batches: int | None) -> tuple[list, float]:
+    """The run's validation batches ``(tokens, valid)`` and its corpus's bytes per token."""
+    d = run.cfg.data
+    corpus = lpdata.load(d.source, d.path or None, include=d.get("include") or None, exclude=d.get("exclude") or None)
+    _, val = corpus.split()
+    n = run.cfg.train.eval_batches if batches is None else batches
+    evals = lpdata.EvalBatches(val, seq_len=d.seq_len, batch_size=d.batch_size, max_batches=n)
+    return [evals.batch(i) for i in range(len(evals))], corpus.bytes_per_token
+
+
+def evaluate(run, recipe_names: list[str], batches: list, bytes_per_token: float, progress: bool = True) -> list[dict]:
+    """One row per recipe: ``None`` is the run's own; others replace its default recipe."""
+    rows = []
+    for name in recipe_names:
+        model = run.model
+        if name is not None:
+            recipes.get(name)  # an unknown name fails here, naming the known ones
+            lpnn.assign_recipes(model, [*map(tuple, run.cfg.recipe_rules), (".*", name)])
+        label = run.cfg.recipe if name is None else name
+        result = ptq.loss(model, tqdm(batches, desc=label, unit="batch", disable=not progress, leave=False),
+                          bytes_per_token)
+        rows.append({"recipe": label, "as_trained": name is None, **result})
+        log.info("%s%s: loss %.4f, %.4f bits/byte", rows[-1]["recipe"], " (as trained)" if name is None else "",
+                 result["loss"], result["bits_per_byte"])
+    base = rows[0]["loss"]
+    for r in rows:
+        r["loss_increase"] = r["loss"] - base
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| recipe | loss | bits per byte | perplexity | vs as trained |", "|---|---|---|---|---|"]
+    for r in rows:
+        name = r["recipe"] + (" (as trained)" if r["as_trained"] else "")
+        lines.append(f"| {name} | {r['loss']:.4f} | {r['bits_per_byte']:.4f} | {r['perplexity']:.3f} | "
+                     f"{r['loss_increase']:+.4f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", help="a trained run directory (its config.json and checkpoints/)")
+    parser.add_argument("--step", type=int, default=None, help="the checkpoint step (default: the latest)")
+    parser.add_argument("--recipe", action="append", default=[],
+                        help="also evaluate with this recipe (a name in lp.recipes or fp4(...)); repeatable")
+    parser.add_argument("--batches", type=int, default=None, help="held-out batches (default: the run's eval_batches)")
+    parser.add_argument("--out", default="", help="write the rows here as JSON")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    cli_logging()
+    for name in args.recipe:
+        try:
+            recipes.get(name)
+        except ValueError as e:
+            parser.error(f"--recipe: {e}")
+    if args.batches is not None and args.batches < 1:
+        parser.error(f"--batches must be >= 1; got {args.batches}")
+    try:
+        run = restore.load_run(args.run, args.step)
+    except FileNotFoundError as e:
+        parser.error(str(e))
+    batches, bytes_per_token = held_out(run, args.batches)
+    rows = evaluate(run, [None, *args.recipe], batches, bytes_per_token, progress=not args.no_progress)
+    print(f"{args.run} at step {run.step}, {len(batches)} held-out batches of {run.cfg.data.batch_size} x "
+          f"{run.cfg.data.seq_len} tokens:\n\n{table(rows)}")
+    if args.out:
+        write_json(args.out, {"environment": environment(), "run": args.run, "step": run.step,
+                              "batches": len(batches), "rows": rows})
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
