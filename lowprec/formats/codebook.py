@@ -51,6 +51,10 @@ class Codebook(Format):
 
     @property
     def max(self) -> float:
+        """The largest magnitude in the table: what absmax scaling maps a group's amax onto.
+        For a table symmetric at its ends (NF4: -1 and 1) it is the largest value; for one that
+        is not (``[-4, 0, 1]``) it is the larger end's magnitude, 4, so scaled values above the
+        smaller end (1) saturate there."""
         return float(max(abs(self.values_[0]), abs(self.values_[-1])))
 
     @property
