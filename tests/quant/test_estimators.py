@@ -138,3 +138,17 @@ def test_bad_estimators_name_the_field_and_choices():
         dge(k=0.5)
     with pytest.raises(ValueError, match=r"dge cap must be positive"):
         dge(cap=0)
+
+
+@pytest.mark.parametrize("k", [3.0, 5.0, 10.0])
+def test_dge_mean_over_an_interval_is_the_capped_integral(k):
+    """Uncapped, f′ integrates to 1 over an interval (f runs from one grid point to the next);
+    the cap takes the spike at the midpoint: the mean is cap·t_c + 1 − t_c^(1/k), t_c = (k·cap)^(−k/(k−1))
+    the distance from the midpoint (in half-intervals) where f′ reaches the cap."""
+    cap, fmt = 3.0, lp.formats.get("e2m1fn")
+    n = 1 << 20
+    for lo, hi in ((0.5, 1.0), (2.0, 3.0), (4.0, 6.0)):  # intervals of width 0.5, 1 and 2
+        xs = lo + (hi - lo) * (np.arange(n) + 0.5) / n  # midpoint rule
+        mean = float(jnp.mean(dge(k, cap).derivative(jnp.asarray(xs, jnp.float32), fmt)))
+        tc = (k * cap) ** (-k / (k - 1))
+        assert mean == pytest.approx(cap * tc + 1 - tc ** (1 / k), rel=2e-3)
