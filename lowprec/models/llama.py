@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lowprec.nn import QuantDense
+from lowprec.nn import QuantAttend, QuantDense
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,9 @@ class LlamaConfig:
     n_kv_heads: int = 2
     d_ff: int = 768
     max_seq_len: int = 256
+    # The LM head is the embedding table (transposed; a QuantAttend layer named lm_head), its
+    # logits scaled by d_model^-0.5: the table is initialized N(0, 1) for the lookup, and the
+    # scale gives the head the untied head's N(0, 1/d_model) (as T5 does).
     tie_embeddings: bool = False
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
@@ -209,7 +212,9 @@ class Llama(nnx.Module):
 
         self.blocks = make_blocks(rngs)
         self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, pd, rngs)
-        if not cfg.tie_embeddings:
+        if cfg.tie_embeddings:  # the embedding table, transposed, through a recipe of its own
+            self.lm_head = QuantAttend(dtype=jnp.dtype(cfg.dtype), telemetry=cfg.telemetry)
+        else:
             self.lm_head = _dense(cfg, cfg.d_model, cfg.vocab_size, cfg.d_model ** -0.5, ("embed", "vocab"), rngs)
 
     def __call__(self, tokens_BxL, key=None):
@@ -232,7 +237,8 @@ class Llama(nnx.Module):
 
         x_BxLxD = self.final_norm(run(self.blocks, x_BxLxD, layer_keys))
         if self.cfg.tie_embeddings:
-            return self.embed.attend(x_BxLxD).astype(jnp.float32)
+            logits = self.lm_head(x_BxLxD, table, key=_key(key, self.cfg.n_layers)).astype(jnp.float32)
+            return logits * self.cfg.d_model ** -0.5
         return self.lm_head(x_BxLxD, key=_key(key, self.cfg.n_layers)).astype(jnp.float32)
 
 

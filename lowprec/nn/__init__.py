@@ -14,9 +14,10 @@ from lowprec.nn.lora import (
     weight_quantizer,
 )
 from lowprec.nn.rules import assign_recipes
+from lowprec.nn.tied import QuantAttend
 
 __all__ = [
-    "AmaxHistory", "GradTelemetry", "LoRADense", "LoRAParam", "QuantDense", "QuantDenseGeneral", "QuantEinsum", "QuantModule", "QuantizedDense",
+    "AmaxHistory", "GradTelemetry", "QuantAttend", "LoRADense", "LoRAParam", "QuantDense", "QuantDenseGeneral", "QuantEinsum", "QuantModule", "QuantizedDense",
     "QuantizedWeight", "apply_lora", "assign_recipes", "count_params", "merge_lora", "set_deterministic",
     "update_amax_histories", "weight_quantizer",
 ]
