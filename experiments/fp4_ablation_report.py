@@ -22,7 +22,7 @@ import os
 import sys
 
 from experiments import report as sweep_report
-from experiments.reporting import load, summary
+from experiments.reporting import load, markdown, summary
 from launch import sweep
 
 SPEC = "configs/fp4_ablation.py"
@@ -35,7 +35,8 @@ METHOD = ("A claim compares the final validation loss (nats per byte) of setting
           "for each seed: same seed, same initialization and data order), else *mixed across seeds*. \"A ≈ B\" "
           "holds when the gap of the means is at most the larger of the two half-ranges. A setting with a run "
           "that diverged or failed counts as worse than any that finished. A claim is *incomplete* while one "
-          "of its settings has a run that has not finished.")
+          "of its settings has a run that has not finished. Where the runs of two settings ran on different GPUs, "
+          "the evidence says so: a rerun on other hardware changes a loss by itself.")
 LT, NEAR = "<", "≈"
 TENSOR = "fp4_wtensor_atensor"  # the full method with one scale per tensor for weights and activations
 CLAIMS = (  # (sub-sweep, the paper's claim, comparisons that must all hold)
@@ -71,6 +72,7 @@ class Stat:
     finished: int
     diverged: bool
     by_seed: dict  # seed -> final validation loss, of the runs that finished without diverging
+    devices: tuple = ()  # the device kinds its runs' logs name
 
     @property
     def values(self) -> list[float]:
@@ -106,7 +108,8 @@ def settings(root: str, sub: str) -> dict[str, Stat]:
         bad = [s for s in sums if s.divergence]
         done = {s.run.value("seed"): s.final_val for s in sums
                 if s.run.status == "done" and not s.divergence and math.isfinite(s.final_val)}
-        out[name] = Stat(name, len(runs), len(done) + len(bad), bool(bad), done)
+        devices = sorted({d for r in runs for d in markdown.devices_named(r.log_text)})
+        out[name] = Stat(name, len(runs), len(done) + len(bad), bool(bad), done, tuple(devices))
     return out
 
 
@@ -133,6 +136,8 @@ def check(stats: dict[str, Stat], comparisons: list[tuple[str, str, str]]) -> tu
             holds.append(abs(gap) <= spread)
             clear.append(True)
             text = f"; means {abs(gap):.4f} apart, seeds' half-range {spread:.4f}" if math.isfinite(gap) else ""
+        if x.devices and y.devices and x.devices != y.devices:  # a rerun on other hardware differs by itself
+            text += f" (on different GPUs: {a} {', '.join(x.devices)}; {b} {', '.join(y.devices)})"
         evidence.append(f"{a} {x.cell()} vs {b} {y.cell()}{text}")
     if missing:
         names = sorted({s.name for s in missing})

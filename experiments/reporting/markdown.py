@@ -12,7 +12,9 @@ from experiments.reporting.load import Sweep, infer_axes
 from experiments.reporting.summary import FINAL_PERCENT, RunSummary, Setting, fmt, is_seed_axis, spread
 from experiments.reporting.telemetry import STATS, Row
 
-DEVICE = re.compile(r"\((.+?) has (?:no )?FP8 tensor cores\)")
+# The devices a run's log.txt names: the loop's "devices: N x KIND (platform)" line, and (in logs
+# written before it had one) the GEMM path lines of FP8 operands.
+DEVICE = re.compile(r"\((.+?) has (?:no )?FP8 tensor cores\)|devices: \d+ x (.+?) \((?:gpu|cpu|tpu)\)")
 MODEL = re.compile(r"model (\S+): ([\d.]+M) parameters;.*?mesh (\{[^}]*\})")
 STATUS_ORDER = ("done", "running", "failed", "not started")
 
@@ -22,14 +24,18 @@ def status_counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{counts[s]} {s}" for s in order)
 
 
+def devices_named(log_text: str) -> set[str]:
+    """The device kinds a run's log names (see ``DEVICE``)."""
+    return {a or b for a, b in DEVICE.findall(log_text)}
+
+
 def device_info(sweep: Sweep) -> str:
     """The devices, models and meshes the runs' log.txt files name."""
     kinds, models = set(), set()
     for r in sweep.runs:
-        kinds.update(DEVICE.findall(r.log_text))
+        kinds.update(devices_named(r.log_text))
         models.update(f"model {m}, {p} parameters, mesh {mesh}" for m, p, mesh in MODEL.findall(r.log_text))
-    parts = [f"device {', '.join(sorted(kinds))}"] if kinds else [
-        "device not named in the runs' logs (log.txt names it only when a GEMM has FP8 operands)"]
+    parts = [f"device {', '.join(sorted(kinds))}"] if kinds else ["device not named in the runs' logs"]
     return "; ".join(parts + sorted(models))
 
 

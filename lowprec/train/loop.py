@@ -170,6 +170,8 @@ def _train(cfg, run: RunDir, stop: dict, stop_at: int | None) -> dict:
                                                           built.state, built.tx, built.schedule)
     log.info("model %s: %.1fM parameters (%d trainable); policy %s; mesh %s", cfg.model.size,
              mcfg.num_params() / 1e6, sum(x.size for x in jax.tree.leaves(state.params)), policy, dict(mesh.shape))
+    first = mesh.devices.flat[0]
+    log.info("devices: %d x %s (%s)", mesh.devices.size, first.device_kind, first.platform)
     memory = finetune.memory_summary(state, built.full_params, tx) if _is_finetune(ft) else None
 
     corpus = lpdata.load(cfg.data.source, cfg.data.path or None, include=_data_field(cfg, "include"),

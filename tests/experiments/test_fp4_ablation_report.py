@@ -16,10 +16,15 @@ def _ids(root, sub):
     return {(r.overrides["recipe"], r.overrides["seed"]): r for r in sweep.expand(f"{report.SPEC}:{sub}", root)}
 
 
-def _run(root, sub, recipe, seed, val, status="done"):
-    """A finished run of ``recipe`` and ``seed`` in sub-sweep ``sub``: config, metrics, STATUS."""
+def _run(root, sub, recipe, seed, val, status="done", gpu=None):
+    """A finished run of ``recipe`` and ``seed`` in sub-sweep ``sub``: config, metrics, STATUS
+    (and a log.txt naming ``gpu``, as the trainer's does when a GEMM has FP8 operands)."""
     r = _ids(root, sub)[(recipe, seed)]
     os.makedirs(r.path, exist_ok=True)
+    if gpu:
+        with open(os.path.join(r.path, "log.txt"), "w") as f:
+            f.write(f"INFO lowprec.ops.native: forward GEMM float8_e4m3fn[8, 8] x float8_e4m3fn[8, 8]: native_fp8 "
+                    f"({gpu} has FP8 tensor cores)\n")
     with open(os.path.join(r.path, "config.json"), "w") as f:
         json.dump({"recipe": recipe, "seed": seed, "optim": {"lr": r.overrides.get("optim.lr", 1e-3)},
                    "train": {"log_every": 25}}, f)
@@ -111,3 +116,15 @@ def test_figures_are_the_sweep_reports_of_the_started_sub_sweeps(root, tmp_path)
     assert "([report](b/report.md))" in (out / "report.md").read_text()
     with pytest.raises(SystemExit):
         report.main([str(tmp_path / "missing")])
+
+
+def test_comparisons_across_gpus_say_so(root, tmp_path):
+    for seed, v in enumerate((1.05, 1.13)):
+        _run(root, "a", "fp4_paper", seed, v, gpu="NVIDIA H100 80GB HBM3")
+        _run(root, "a", "w4a4", seed, v + 0.05, gpu="NVIDIA H200")
+        _run(root, "a", "fp8", seed, v, gpu="NVIDIA H200")
+    rows = {(r["sweep"], r["claim"]): r["evidence"] for r in report.write(root, str(tmp_path))}
+    assert rows[("a", "plain W4A4 is worse than the full method")].endswith(
+        "(on different GPUs: fp4_paper NVIDIA H100 80GB HBM3; w4a4 NVIDIA H200)")
+    assert "different GPUs" not in rows[("a", "FP8 ≈ BF16")]  # bf16's logs name no GPU: nothing to compare
+

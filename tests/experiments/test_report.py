@@ -184,7 +184,7 @@ def test_report_lists_every_run_and_links_its_figures(built):
     for rid in manifest_ids(root):
         assert f"`{rid}`" in text
     assert SPEC in text and "0123456789abcdef0123456789abcdef01234567" in text and "jax 0.test" in text
-    assert "device cpu" in text  # the fp8 runs' logs name the device their GEMMs ran on
+    assert "device cpu" in text  # the runs' logs name the device they ran on
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert set(links) == {"loss.png", "final.png", "telemetry.png"}
     for name in links:
@@ -347,3 +347,13 @@ def test_the_commits_runs_were_trained_at_come_from_their_runner_logs(tmp_path):
     assert markdown.trained_at(runs) == ("; runs trained at: `aaaaaaa` (1 run), `bbbbbbb` (2 runs), not recorded "
                                          "(1 run, launched before the runner recorded it)")
     assert markdown.trained_at(runs[:1]) == ""  # nothing recorded: nothing claimed
+
+
+def test_devices_are_read_from_either_log_line():
+    from experiments.reporting import markdown
+    new = "2026-12-03 10:00:00,000 INFO lowprec.train.loop: devices: 8 x NVIDIA H200 (gpu)\n"
+    old = ("2026-11-22 16:34:18,770 INFO lowprec.ops.native: forward GEMM float8_e4m3fn[64, 512, 384] x "
+           "float8_e4m3fn[384, 384]: native_fp8 (NVIDIA H100 80GB HBM3 has FP8 tensor cores)\n")
+    assert markdown.devices_named(new) == {"NVIDIA H200"}
+    assert markdown.devices_named(old + new) == {"NVIDIA H100 80GB HBM3", "NVIDIA H200"}
+    assert markdown.devices_named("INFO lowprec.ops.native: forward GEMM bfloat16[8, 8]: simulated\n") == set()
