@@ -26,25 +26,27 @@ def _pair(recipe):
     return tied, untied
 
 
-@pytest.mark.parametrize("recipe", ["none", "bf16", "fp8", "fp4_paper"])
+@pytest.mark.parametrize("recipe", ["none", "bf16", "fp4_paper"])
 def test_tied_head_equals_untied_head_with_the_transposed_table(recipe):
     tied, untied = _pair(recipe)
     assert isinstance(tied.lm_head, lp.nn.QuantAttend) and str(tied.lm_head.recipe) == str(untied.lm_head.recipe)
     scale = tied.cfg.d_model ** -0.5
-    np.testing.assert_array_equal(tied(TOKENS), untied(TOKENS) * scale)
+    forward = nnx.jit(lambda m: m(TOKENS))
+    np.testing.assert_array_equal(forward(tied), forward(untied) * scale)
 
     def loss(m, scale):
         return llama.cross_entropy(m(TOKENS[:, :-1]) * scale, TOKENS[:, 1:])
 
-    g_tied = nnx.grad(loss)(tied, 1.0)
-    g_untied = nnx.grad(loss)(untied, scale)
+    grad = nnx.jit(nnx.grad(loss))
+    g_tied = grad(tied, 1.0)
+    g_untied = grad(untied, scale)
     # the tied table's gradient is the lookup's plus the head's (transposed)
     want = g_untied["embed"]["embedding"].get_value() + g_untied["lm_head"]["kernel"].get_value().T
     np.testing.assert_allclose(g_tied["embed"]["embedding"].get_value(), want, rtol=1e-5, atol=1e-7)
     if recipe == "fp4_paper":  # quantized: not what the unquantized head computes
         plain, _ = _pair("none")
         lp.nn.assign_recipes(plain, [("lm_head", "none"), (".*", recipe)])
-        assert float(jnp.abs(plain(TOKENS) - tied(TOKENS)).max()) > 1e-3
+        assert float(jnp.abs(forward(plain) - forward(tied)).max()) > 1e-3
 
 
 def test_rules_reach_the_tied_head_by_its_path():
