@@ -26,7 +26,7 @@ from lowprec import data as lpdata
 from lowprec import nn as lpnn
 from lowprec import ptq
 from lowprec.ops import recipes
-from lowprec.train import restore
+from lowprec.train import loop, restore
 
 log = logging.getLogger("evaluate")
 
@@ -34,7 +34,7 @@ log = logging.getLogger("evaluate")
 def held_out(run, batches: int | None) -> tuple[list, float]:
     """The run's validation batches ``(tokens, valid)`` and its corpus's bytes per token."""
     d = run.cfg.data
-    corpus = lpdata.load(d.source, d.path or None, include=d.get("include") or None, exclude=d.get("exclude") or None)
+    corpus = loop.load_corpus(run.cfg)
     _, val = corpus.split()
     n = run.cfg.train.eval_batches if batches is None else batches
     evals = lpdata.EvalBatches(val, seq_len=d.seq_len, batch_size=d.batch_size, max_batches=n)
@@ -47,7 +47,6 @@ def evaluate(run, recipe_names: list[str], batches: list, bytes_per_token: float
     for name in recipe_names:
         model = run.model
         if name is not None:
-            recipes.get(name)  # an unknown name fails here, naming the known ones
             lpnn.assign_recipes(model, [*map(tuple, run.cfg.recipe_rules), (".*", name)])
         label = run.cfg.recipe if name is None else name
         result = ptq.loss(model, tqdm(batches, desc=label, unit="batch", disable=not progress, leave=False),

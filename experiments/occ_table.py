@@ -25,7 +25,7 @@ from lowprec import data as lpdata
 from lowprec.ops import Recipe
 from lowprec.quant import Quantizer
 from lowprec.quant.occ import OCC
-from lowprec.train import restore
+from lowprec.train import loop, restore
 from lowprec.train.telemetry import flatten, make_telemetry_fn
 
 # (label, alpha or None, compensate) and the paper's Table 1: cosine similarity (%), MSE, SNR (dB).
@@ -44,7 +44,7 @@ def activation_recipe(alpha, compensate: bool) -> Recipe:
 
 def held_out_batches(run, n: int):
     cfg = run.cfg
-    _, val = lpdata.load(cfg.data.source, cfg.data.path or None).split()
+    _, val = loop.load_corpus(cfg).split()  # the run's own held-out text (include / exclude as trained)
     evals = lpdata.EvalBatches(val, seq_len=cfg.data.seq_len, batch_size=cfg.data.batch_size, max_batches=n,
                                mesh=run.mesh)
     return [evals.global_batch(i, run.mesh)[0] for i in range(min(n, len(evals)))]

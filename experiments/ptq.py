@@ -29,7 +29,7 @@ from experiments.common import cli_logging, environment
 from launch.sweep import apply_overrides, load_sweep
 from lowprec import data as lpdata
 from lowprec import ptq
-from lowprec.train import restore
+from lowprec.train import loop, restore
 
 log = logging.getLogger("ptq")
 SPEC_FIELDS = ("weights", "method", "targets", "activations", "act_calibration", "percentile", "damp")
@@ -38,7 +38,7 @@ SPEC_FIELDS = ("weights", "method", "targets", "activations", "act_calibration",
 def _batches(run, calib_batches: int, eval_batches: int):
     """(calibration token arrays from the training split, held-out (tokens, valid) batches)."""
     d = run.cfg.data
-    corpus = lpdata.load(d.source, d.path or None, include=d.get("include") or None, exclude=d.get("exclude") or None)
+    corpus = loop.load_corpus(run.cfg)
     train, val = corpus.split()
     batches = lpdata.Batches(train, seq_len=d.seq_len, batch_size=d.batch_size, seed=run.cfg.seed + 7)
     calib = [batches.batch(i) for i in range(calib_batches)]

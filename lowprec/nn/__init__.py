@@ -17,7 +17,7 @@ from lowprec.nn.rules import assign_recipes
 from lowprec.nn.tied import QuantAttend
 
 __all__ = [
-    "AmaxHistory", "GradTelemetry", "QuantAttend", "LoRADense", "LoRAParam", "QuantDense", "QuantDenseGeneral", "QuantEinsum", "QuantModule", "QuantizedDense",
-    "QuantizedWeight", "apply_lora", "assign_recipes", "count_params", "merge_lora", "set_deterministic",
-    "update_amax_histories", "weight_quantizer",
+    "AmaxHistory", "GradTelemetry", "LoRADense", "LoRAParam", "QuantAttend", "QuantDense", "QuantDenseGeneral",
+    "QuantEinsum", "QuantModule", "QuantizedDense", "QuantizedWeight", "apply_lora", "assign_recipes",
+    "count_params", "merge_lora", "set_deterministic", "update_amax_histories", "weight_quantizer",
 ]

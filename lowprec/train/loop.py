@@ -174,8 +174,7 @@ def _train(cfg, run: RunDir, stop: dict, stop_at: int | None) -> dict:
     log.info("devices: %d x %s (%s)", mesh.devices.size, first.device_kind, first.platform)
     memory = finetune.memory_summary(state, built.full_params, tx) if _is_finetune(ft) else None
 
-    corpus = lpdata.load(cfg.data.source, cfg.data.path or None, include=_data_field(cfg, "include"),
-                         exclude=_data_field(cfg, "exclude"))
+    corpus = load_corpus(cfg)
     train_split, val_split = corpus.split()
     batches = lpdata.Batches(train_split, seq_len=cfg.data.seq_len, batch_size=cfg.data.batch_size,
                              seed=cfg.seed, mesh=mesh)
@@ -278,9 +277,11 @@ def _is_finetune(ft) -> bool:
     return bool(ft.init_from) or ft.mode != "full"
 
 
-def _data_field(cfg, name: str) -> str | None:
-    """``data.include`` / ``data.exclude`` ("" or absent in older configs: no restriction)."""
-    return cfg.data.get(name) or None
+def load_corpus(cfg) -> lpdata.Corpus:
+    """The run config's corpus: ``data.source`` / ``data.path``, restricted to ``data.include`` /
+    ``data.exclude`` ("" or absent in older configs: no restriction)."""
+    d = cfg.data
+    return lpdata.load(d.source, d.path or None, include=d.get("include") or None, exclude=d.get("exclude") or None)
 
 
 def evaluate(eval_step, params, evals, mesh, bytes_per_token: float = 1.0, frozen=None, amax=None) -> dict:
