@@ -10,7 +10,7 @@ import re
 from experiments.reporting import cells
 from experiments.reporting.load import Sweep, infer_axes
 from experiments.reporting.summary import FINAL_PERCENT, RunSummary, Setting, fmt, is_seed_axis, spread
-from experiments.reporting.telemetry import STATS, Row
+from experiments.reporting.telemetry import DIGITS, STATS, Row
 
 # The devices a run's log.txt names: the loop's "devices: N x KIND (platform)" line, and (in logs
 # written before it had one) the GEMM path lines of FP8 operands.
@@ -133,11 +133,13 @@ def telemetry(rows: list[Row], figure: str | None) -> str:
                 "every `train.telemetry_every` steps; roles that a recipe leaves in high precision report none).")
     header = ["setting", "role", "layers", "runs"] + [title for _, title, _ in STATS]
     body = [[cells.text(r.setting.label), r.role, str(r.layers), str(r.runs)]
-            + [cells.single(r.values.get(stat, math.nan) * factor, 1 if stat == "sqnr_db" else 4)
+            + [cells.single(r.values.get(stat, math.nan) * factor, DIGITS.get(stat, 4))
                for stat, _, factor in STATS] for r in rows]
     return ("## Numerics telemetry\n\nPer GEMM operand role: the mean over layers, telemetry records and seeds. "
             "Saturated: scaled values beyond the format's max; clamped: OCC outlier clamping; underflow: non-zero "
-            "values quantized to zero; SQNR: 10 log10(signal / quantization noise).\n\n"
+            "values quantized to zero; SQNR: 10 log10(signal / quantization noise); max/std and kurtosis: the "
+            "operand's outliers before quantization (largest |x| over the standard deviation; the fourth "
+            "standardized moment, 3 for a Gaussian).\n\n"
             + cells.table(header, body) + (f"\n\n![Telemetry heatmap]({figure})" if figure else ""))
 
 

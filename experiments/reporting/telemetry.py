@@ -1,6 +1,7 @@
 """Numerics telemetry per setting and GEMM role: the mean saturated, OCC-clamped and
-flushed-to-zero (underflow) fractions and the SQNR, over layers and telemetry records
-(``lowprec.ops.telemetry`` defines the statistics), as table rows and a heatmap."""
+flushed-to-zero (underflow) fractions, the SQNR and the operand's outlier statistics (max/std,
+kurtosis), over layers and telemetry records (``lowprec.ops.telemetry`` defines the
+statistics), as table rows and a heatmap."""
 
 from __future__ import annotations
 
@@ -18,7 +19,10 @@ from lowprec.ops.recipe import ROLES  # noqa: E402
 
 # (statistic, column title, factor): fractions are shown in percent.
 STATS = (("saturated", "saturated %", 100.0), ("clamped", "clamped (OCC) %", 100.0),
-         ("flushed", "underflow %", 100.0), ("sqnr_db", "SQNR dB", 1.0))
+         ("flushed", "underflow %", 100.0), ("sqnr_db", "SQNR dB", 1.0),
+         ("max_over_std", "max/std", 1.0), ("kurtosis", "kurtosis", 1.0))
+# Decimals shown for these statistics (the fractions get 4, in percent).
+DIGITS = {"sqnr_db": 1, "max_over_std": 1, "kurtosis": 1}
 CMAPS = {"sqnr_db": "viridis"}  # higher is better; the fractions use "Reds" (higher is worse)
 # Operands that pass (nearly) exactly read 100+ dB; colors stop here so that the lossy ones differ.
 SQNR_COLOR_MAX_DB = 60.0
@@ -81,9 +85,12 @@ def plot_heatmap(rows: list[Row], path: str) -> None:
     """One panel per statistic: settings × roles, each cell annotated with its value."""
     labels = list(dict.fromkeys(r.setting.label for r in rows))
     roles = _role_order({r.role for r in rows})
-    fig, axs = plt.subplots(1, len(STATS), figsize=(min(16.0, 1.2 * len(roles) * len(STATS) + 3.5),
-                                                    0.45 * len(labels) + 2.2), dpi=100, squeeze=False)
-    for ax, (stat, title, factor) in zip(axs[0], STATS):
+    cols = -(-len(STATS) // 2)  # two rows of panels: the figure stays readable on a page
+    fig, axs = plt.subplots(2, cols, figsize=(min(16.0, 1.2 * len(roles) * cols + 3.5),
+                                              2 * (0.45 * len(labels) + 1.6)), dpi=100, squeeze=False)
+    for ax in axs.flat[len(STATS):]:
+        ax.axis("off")
+    for ax, (stat, title, factor) in zip(axs.flat, STATS):
         grid = np.full((len(labels), len(roles)), np.nan)
         for r in rows:
             if stat in r.values:
@@ -94,10 +101,10 @@ def plot_heatmap(rows: list[Row], path: str) -> None:
         image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, aspect="auto", vmin=0.0, vmax=vmax)
         for (i, j), v in np.ndenumerate(grid):
             if np.isfinite(v):
-                ax.text(j, i, f"{v:.1f}" if stat == "sqnr_db" else f"{v:.2g}", ha="center", va="center", fontsize=7,
-                        color="black", bbox=dict(boxstyle="round,pad=0.1", fc="white", alpha=0.6, lw=0))
+                text = f"{v:.{DIGITS[stat]}f}" if stat in DIGITS else f"{v:.2g}"
+                ax.text(j, i, text, ha="center", va="center", fontsize=7, color="black", bbox=dict(boxstyle="round,pad=0.1", fc="white", alpha=0.6, lw=0))
         ax.set_xticks(range(len(roles)), roles, rotation=45, ha="right", fontsize=8)
-        ax.set_yticks(range(len(labels)), labels if ax is axs[0][0] else [""] * len(labels), fontsize=8)
+        ax.set_yticks(range(len(labels)), labels if ax in list(axs[:, 0]) else [""] * len(labels), fontsize=8)
         ax.set_title(title, fontsize=10)
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     fig.suptitle("Numerics telemetry: mean over layers, telemetry records and seeds "

@@ -259,7 +259,8 @@ def test_telemetry_table_matches_the_records(built):
     assert len(fp8) == 1
     cells = [c.strip() for c in fp8[0].strip().strip("|").split(" | ")]
     ids = [run_id({"recipe": "fp8", "seed": s}) for s in (0, 1, 2)]
-    for column, stat, factor, digits in ((4, "saturated", 100, 4), (6, "flushed", 100, 4), (7, "sqnr_db", 1, 1)):
+    for column, stat, factor, digits in ((4, "saturated", 100, 4), (6, "flushed", 100, 4), (7, "sqnr_db", 1, 1),
+                                          (8, "max_over_std", 1, 1), (9, "kurtosis", 1, 1)):
         per_run = [np.mean([v for r in records(root, rid, "telemetry") for k, v in r.items()
                             if k.endswith(f"/fwd_act/{stat}")]) for rid in ids]
         assert float(cells[column]) == pytest.approx(np.mean(per_run) * factor, abs=0.6 * 10 ** -digits)
