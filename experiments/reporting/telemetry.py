@@ -90,7 +90,7 @@ def plot_heatmap(rows: list[Row], path: str) -> None:
                                               2 * (0.45 * len(labels) + 1.6)), dpi=100, squeeze=False)
     for ax in axs.flat[len(STATS):]:
         ax.axis("off")
-    for ax, (stat, title, factor) in zip(axs.flat, STATS):
+    for i, (ax, (stat, title, factor)) in enumerate(zip(axs.flat, STATS)):
         grid = np.full((len(labels), len(roles)), np.nan)
         for r in rows:
             if stat in r.values:
@@ -99,12 +99,13 @@ def plot_heatmap(rows: list[Row], path: str) -> None:
         top = float(np.nanmax(grid)) if np.isfinite(grid).any() else 0.0
         vmax = SQNR_COLOR_MAX_DB if stat == "sqnr_db" else (top if top > 0 else 1.0)  # all zero: white
         image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, aspect="auto", vmin=0.0, vmax=vmax)
-        for (i, j), v in np.ndenumerate(grid):
+        for (row, col), v in np.ndenumerate(grid):
             if np.isfinite(v):
                 text = f"{v:.{DIGITS[stat]}f}" if stat in DIGITS else f"{v:.2g}"
-                ax.text(j, i, text, ha="center", va="center", fontsize=7, color="black", bbox=dict(boxstyle="round,pad=0.1", fc="white", alpha=0.6, lw=0))
+                ax.text(col, row, text, ha="center", va="center", fontsize=7, color="black",
+                        bbox=dict(boxstyle="round,pad=0.1", fc="white", alpha=0.6, lw=0))
         ax.set_xticks(range(len(roles)), roles, rotation=45, ha="right", fontsize=8)
-        ax.set_yticks(range(len(labels)), labels if ax in list(axs[:, 0]) else [""] * len(labels), fontsize=8)
+        ax.set_yticks(range(len(labels)), labels if i % cols == 0 else [""] * len(labels), fontsize=8)
         ax.set_title(title, fontsize=10)
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     fig.suptitle("Numerics telemetry: mean over layers, telemetry records and seeds "
