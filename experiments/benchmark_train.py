@@ -4,7 +4,9 @@
     python -m experiments.benchmark_train --sizes tiny --batch 4 --seq 64 --steps 3   # CPU check
 
 Each (size, recipe) builds the model of configs/lm.py with that recipe, runs the real jitted
-train step (AdamW, fp32 params, bf16 compute) on random tokens, and reports the median step.
+train step (AdamW, fp32 params, bf16 compute) on random tokens, and reports the median step,
+the step's peak device memory (XLA's memory analysis; on a GPU also the allocator's counters)
+and its GEMMs' kinds and operand dtypes from the compiled HLO.
 """
 
 from __future__ import annotations
@@ -20,14 +22,16 @@ import jax
 import jax.numpy as jnp
 
 from configs import lm
-from experiments.common import (environment, hlo_copies, hlo_instructions, kernel_categories, kernel_times,
-                                time_fn, write_json)
+from experiments.common import (device_memory, environment, gemm_report, hlo_copies, hlo_instructions,
+                                kernel_categories, kernel_times, memory_report, time_fn, write_json)
+from lowprec.ops import cast_transpose, recipes
 from lowprec.train import loop, sharding
 from lowprec.train.progress import model_flops_per_token, peak_flops
 from lowprec.train.step import TrainState, make_loss_fn, make_train_step, split_histories
 
 
 def measure(size: str, recipe: str, args) -> dict:
+    before = device_memory()
     cfg = lm.get_config(f"{size},{recipe}")
     cfg.data.batch_size, cfg.data.seq_len = args.batch, args.seq
     cfg.model.remat, cfg.model.attention = args.remat, args.attention
@@ -47,6 +51,9 @@ def measure(size: str, recipe: str, args) -> dict:
         return m["loss"]
 
     seconds = time_fn(run, tokens, warmup=2, repeats=args.steps)
+    memory = memory_report(compiled, before)
+    path = gemm_report(compiled.as_text())
+    del path["gemms"]  # hundreds in a model: the counts per kind and dtypes say it
     kernels = None
     if args.profile:
         trace_dir = os.path.join(args.profile, f"{size}_{recipe}")
@@ -68,7 +75,9 @@ def measure(size: str, recipe: str, args) -> dict:
     flops = model_flops_per_token(mcfg, args.seq) * args.batch * args.seq
     peak = peak_flops(jax.devices()[0])
     out = {"size": size, "recipe": recipe, "params_M": mcfg.num_params() / 1e6, "step_s": seconds,
-           "tokens_per_s": args.batch * args.seq / seconds, "mfu": flops / seconds / peak if peak else None}
+           "tokens_per_s": args.batch * args.seq / seconds, "mfu": flops / seconds / peak if peak else None,
+           "memory": memory, "fp8_transposes": cast_transpose.resolve_transposes(recipes.get(recipe).fp8_transposes),
+           **path}
     if kernels is not None:
         out["kernels_s"], out["kernel_categories_s"], out["kernel_ops"] = kernels, categories, kernel_ops
         out["hlo"] = os.path.basename(hlo_path)
@@ -111,8 +120,9 @@ def main(argv=None):
                 r = {"size": size, "recipe": recipe, "error": f"{type(e).__name__}: {e}"}
                 gc.collect()
             else:
-                base = base or r["step_s"]
-                r["step_vs_bf16"] = r["step_s"] / base
+                base = base or r
+                r["step_vs_bf16"] = r["step_s"] / base["step_s"]
+                r["memory_vs_bf16"] = r["memory"]["peak_bytes"] / base["memory"]["peak_bytes"]
                 _print_row(r)
             rows.append(r)
             write_json(args.out, {"environment": env, "settings": vars(args), "results": rows})  # after each row
@@ -120,7 +130,9 @@ def main(argv=None):
 
 def _print_row(r: dict) -> None:
     print(f"{r['size']:5s} {r['recipe']:10s} {r['params_M']:7.1f}M  step {r['step_s'] * 1e3:8.1f} ms  "
-          f"{r['tokens_per_s']:10.0f} tok/s  MFU {_pct(r['mfu'])}  x bf16 {r['step_vs_bf16']:.2f}", flush=True)
+          f"{r['tokens_per_s']:10.0f} tok/s  MFU {_pct(r['mfu'])}  x bf16 {r['step_vs_bf16']:.2f}  "
+          f"peak {r['memory']['peak_bytes'] / 2 ** 20:.1f} MiB (x bf16 {r['memory_vs_bf16']:.2f})  "
+          f"FP8 GEMMs {r['fp8_gemms']}", flush=True)
     if "kernel_categories_s" in r:
         print("      kernels per step: " + ", ".join(
             f"{k} {v * 1e3:.1f} ms" for k, v in r["kernel_categories_s"].items()), flush=True)

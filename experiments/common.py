@@ -19,6 +19,8 @@ import jax
 import jaxlib
 import numpy as np
 
+from lowprec import ops
+
 
 def cli_logging(fmt: str = "%(asctime)s %(name)s: %(message)s", level: int = logging.INFO) -> None:
     """INFO logging to stderr for a command-line script. Replaces the root handlers that an
@@ -60,6 +62,50 @@ def environment() -> dict:
         "ml_dtypes": ml_dtypes.__version__,
         "numpy": np.__version__,
     }
+
+
+def gemm_report(hlo_text: str) -> dict:
+    """The GEMMs of a compiled program: each GEMM's kind and operand dtypes, a count per
+    "kind(operand dtypes)", how many take FP8 operands, and the FP8 verdict (native only for
+    cuBLASLt's FP8 GEMM, ``__cublas$lt$matmul$f8``)."""
+    gemms = ops.parse_gemms(hlo_text)
+    fp8 = sum(kind == ops.FP8_TARGET for kind, _ in gemms)
+    dtypes = collections.Counter(f"{kind}({','.join(d)})" for kind, d in gemms)
+    return {"fp8_path": "native" if fp8 else "simulated", "fp8_gemms": fp8,
+            "fp8_operand_gemms": sum(any(t.startswith("f8") for t in d) for _, d in gemms),
+            "gemm_dtypes": dict(dtypes.most_common()),
+            "gemms": [{"kind": k, "operands": list(d)} for k, d in gemms]}
+
+
+def device_memory() -> dict | None:
+    """The first device's allocator counters, where the backend has them (GPU, TPU; not CPU)."""
+    stats = jax.devices()[0].memory_stats()
+    if not stats:
+        return None
+    return {k: stats[k] for k in ("bytes_in_use", "peak_bytes_in_use") if k in stats}
+
+
+def memory_report(compiled, before: dict | None) -> dict:
+    """Peak device bytes of one step of ``compiled``, from XLA's memory analysis (any backend:
+    arguments, outputs and temporaries, less donated aliases), and on a GPU also from the
+    allocator: its peak counter never resets, so it gives this step's peak (over ``before``, the
+    counters read before the step's arguments were made) only where it rose, else a bound."""
+    m = compiled.memory_analysis()
+    parts = {"argument_bytes": m.argument_size_in_bytes, "output_bytes": m.output_size_in_bytes,
+             "temp_bytes": m.temp_size_in_bytes, "alias_bytes": m.alias_size_in_bytes}
+    total = parts["argument_bytes"] + parts["output_bytes"] + parts["temp_bytes"] - parts["alias_bytes"]
+    out = {"method": "xla memory_analysis: arguments + outputs + temporaries - aliases", "peak_bytes": int(total),
+           **{k: int(v) for k, v in parts.items()},
+           # buffer assignment's own live-range peak; on CPU it leaves the temporaries out
+           "xla_peak_memory_in_bytes": int(getattr(m, "peak_memory_in_bytes", -1))}
+    after = device_memory()
+    if before and after and "peak_bytes_in_use" in after:
+        rose = after["peak_bytes_in_use"] > before["peak_bytes_in_use"]
+        out["allocator"] = {
+            "method": "memory_stats peak_bytes_in_use - bytes_in_use before the row"
+                      + ("" if rose else " (no new peak: an upper bound set by an earlier row)"),
+            "peak_bytes": int(after["peak_bytes_in_use"] - before["bytes_in_use"]), "exact": rose}
+    return out
 
 
 def _module() -> str:
