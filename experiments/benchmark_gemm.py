@@ -1,4 +1,4 @@
-"""Forward + backward time of a QuantDense layer per recipe, as ratios to bf16, in one run.
+"""Forward + backward time and memory of a QuantDense layer per recipe, as ratios to bf16, in one run.
 
     python -m experiments.benchmark_gemm            # 8192x8192x8192 and 16384 tokens x 4096 -> 4096 (GPU)
     python -m experiments.benchmark_gemm --small    # tiny shapes: a check that runs on a CPU in seconds
@@ -196,8 +196,8 @@ def _row_line(r: dict) -> str:
 
 
 def print_table(rows: list[dict], quantiles: dict, device: str, summary: list[dict] | None = None) -> None:
-    print(f"\nforward+backward of one layer on {device} (median ms; x bf16: against the row's own framework's "
-          "bf16; peak MiB per step; GEMM path from the compiled HLO)")
+    print(f"\nQuantDense forward+backward on {device}, torch rows an nn.Linear (median ms; x bf16: against the "
+          "row's own framework's bf16; peak MiB per step; GEMM path from the compiled HLO)")
     print(f"{'shape':18s} {'recipe':44s} {'ms':>9s} {'TFLOP/s':>8s} {'x bf16':>7s} {'peak MiB':>9s} {'FP8 GEMMs':>9s}"
           "  note")
     for r in rows:

@@ -21,3 +21,12 @@ def test_tiny_model_steps_and_writes_each_steps_hlo(tmp_path):
         copies = r["hlo_copies"]  # the layer scan's stacked buffers start from broadcast zeros
         assert copies["bytes"] >= copies["of_broadcasts"] > 0 and copies["largest"][0]["bytes"] > 0
         assert set(r["kernel_categories_s"]) == {"gemm fp8", "gemm", "attention", "quantization", "optimizer", "other"}
+        m = r["memory"]  # the donated train state aliases its outputs
+        assert m["peak_bytes"] == m["argument_bytes"] + m["output_bytes"] + m["temp_bytes"] - m["alias_bytes"]
+        assert m["peak_bytes"] > m["argument_bytes"] >= m["alias_bytes"] > 0 and m["temp_bytes"] > 0
+        assert r["memory_vs_bf16"] == m["peak_bytes"] / rows[0]["memory"]["peak_bytes"]
+        # which path ran, from the compiled HLO: on a CPU no FP8 GEMM, every GEMM an HLO dot
+        assert r["fp8_path"] == "simulated" and r["fp8_gemms"] == r["fp8_operand_gemms"] == 0
+        assert r["gemm_dtypes"] and all(k.startswith("dot(") for k in r["gemm_dtypes"]) and "gemms" not in r
+        assert r["fp8_transposes"] == "fused"
+    assert sum(rows[0]["gemm_dtypes"].values()) == sum(rows[1]["gemm_dtypes"].values())  # same model, same GEMMs
