@@ -184,7 +184,7 @@ def _train(cfg, run: RunDir, stop: dict, stop_at: int | None) -> dict:
     metrics = MetricsWriter(run.metrics, run.tensorboard, enabled=run.writer)
     start = 0
     if resuming:
-        state, meta = ckpt.restore(ckpt.latest_step(), abstract(state))
+        _, state, meta = ckpt.restore_latest(abstract(state))  # skips (and sets aside) unreadable ones
         batches.restore(meta["data"])
         start = int(state.step)
         metrics.truncate_after(start)

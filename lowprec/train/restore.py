@@ -49,15 +49,14 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def load_run(workdir: str, step: int | None = None, devices=None) -> RestoredRun:
-    """The run in ``workdir`` at checkpoint ``step`` (default: the latest) on ``devices``
+    """The run in ``workdir`` at checkpoint ``step`` (default: the newest that restores) on ``devices``
     (default: the first local device), parameters in the run's storage dtype."""
     from lowprec.train import loop  # the loop builds models and optimizers as training did
 
     workdir = os.path.abspath(workdir)  # orbax needs absolute paths
     cfg = read_config(workdir)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.train.keep_checkpoints, async_save=False)
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
+    if ckpt.latest_step() is None:
         raise FileNotFoundError(f"{workdir} has no checkpoint to restore")
     mesh = sharding.make_mesh({"data": -1}, devices or jax.devices()[:1])
     mcfg, policy, graphdef, params, rest, _ = loop.build_model(cfg, mesh)
@@ -65,7 +64,10 @@ def load_run(workdir: str, step: int | None = None, devices=None) -> RestoredRun
     tx, _ = loop.make_optimizer(cfg, policy)
     state = TrainState(jnp.zeros((), jnp.int32), params, jax.jit(tx.init)(params), amax)
     state = sharding.onto_mesh(state, mesh)
-    restored, _ = ckpt.restore(step, abstract(state))
+    if step is None:  # the newest that restores; an unreadable one is skipped with a warning, left in place
+        step, restored, _ = ckpt.restore_latest(abstract(state), set_aside=False)
+    else:
+        restored, _ = ckpt.restore(step, abstract(state))
     ckpt.close()
     if restored.amax is not None:  # the trained histories join the rest
         rest = nnx.merge_state(rest, restored.amax)
