@@ -15,7 +15,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-ROUNDING_MODES = ("nearest_even", "nearest_away", "toward_zero", "down", "up", "stochastic")
+# nearest_up: to nearest, ties toward +inf (round half up; the FP4 paper's E2M1 kernel).
+ROUNDING_MODES = ("nearest_even", "nearest_away", "nearest_up", "toward_zero", "down", "up", "stochastic")
+NEAREST = ("nearest_even", "nearest_away", "nearest_up")
 
 _U32 = jnp.uint32
 _I32 = jnp.int32
@@ -95,11 +97,12 @@ def round_sig(sig, shift, sign, rounding: str, rand=None, random_bits: int | Non
         up = inexact & (sign == 0)
     elif rounding == "down":
         up = inexact & (sign == 1)
-    elif rounding in ("nearest_even", "nearest_away"):
+    elif rounding in NEAREST:
         half = _shl(_U32(1), s - 1)
         above = rem > half
         tie = (rem == half) & (s > 0)
-        tie_up = (kept & 1) == 1 if rounding == "nearest_even" else jnp.ones_like(tie)
+        tie_up = {"nearest_even": (kept & 1) == 1, "nearest_away": jnp.ones_like(tie),
+                  "nearest_up": sign == 0}[rounding]  # on magnitudes: +inf is up for x > 0 only
         up = above | (tie & tie_up)
     elif rounding == "stochastic":
         nbits = MAX_RANDOM_BITS if random_bits is None else random_bits

@@ -26,7 +26,8 @@ class Codebook(Format):
     """Rounds to the nearest of ``values`` (strictly increasing, finite, 2..256 of them).
 
     Codes are indices into the table. Ties (exact midpoints, decided exactly) go to the even
-    index under ``nearest_even`` and away from zero under ``nearest_away``; ``toward_zero``
+    index under ``nearest_even``, away from zero under ``nearest_away`` and to the larger value
+    under ``nearest_up``; ``toward_zero``
     picks the neighbour of smaller magnitude; between ``-v`` and ``v`` both keep the sign of
     x. Values outside the table's range saturate to its ends; stochastic rounding picks a
     neighbour with probability proportional to closeness.
@@ -86,10 +87,10 @@ class Codebook(Format):
         i_lo = i_hi - 1
         lo, hi = vals[i_lo], vals[i_hi]
         positive = (lax.bitcast_convert_type(x, jnp.uint32) >> 31) == 0  # +0 too: keeps odd symmetry
-        if rounding in ("nearest_even", "nearest_away"):
+        if rounding in _bits.NEAREST:
             m = km[i_lo]
             tie = mid_exact[i_lo] & (kx == m)
-            tie_hi = (i_hi % 2 == 0) if rounding == "nearest_even" else positive
+            tie_hi = {"nearest_even": i_hi % 2 == 0, "nearest_away": positive, "nearest_up": True}[rounding]
             up = (kx > m) & ~tie | tie & tie_hi
         elif rounding == "toward_zero":  # the smaller magnitude; equal ones: the side of x
             smaller_hi = (jnp.abs(hi) < jnp.abs(lo)) | ((jnp.abs(hi) == jnp.abs(lo)) & positive)

@@ -19,6 +19,10 @@
   (k=5), activations E2M1 per token with OCC (alpha=0.99), output gradients E5M2 per tensor,
   backward reusing the FP4 operands. ``fp4(...)`` builds its ablations; ``w4a4``, ``w4a8``
   and ``w8a4`` are the direct (STE, no OCC) ones.
+- ``fp4_msamp``: what the paper's released code (Azure/MS-AMP, FP4 Megatron hook) computes:
+  weights E2M1 per *input* channel with DGE (k=5, bf16 derivative), activations E2M1 per token
+  clamped to per-token quantiles at the code's indices (alpha=0.99, no compensation), ties
+  toward +inf, scales computed in bf16; see ``_fp4_msamp`` for each choice and its source.
 - ``mxfp8``, ``mxfp4``, ``nvfp4``: every GEMM operand in that block format (OCP MX blocks of
   32 with E8M0 scales; NVFP4 blocks of 16 with E4M3 scales under an fp32 tensor scale),
   requantized for each GEMM so that blocks run along its contraction. MXFP8 uses E4M3 for the
@@ -101,19 +105,28 @@ def _keywords(spec: str, text: str) -> dict:
 def fp4(weight_bits: int = 4, act_bits: int = 4, *, dge_k: float | None = None, occ_alpha: float | None = None,
         weight_granularity: str = "channel", act_granularity: str = "token", occ_per: str = "tensor",
         quantile: str = "exact", compensate: bool = True, compensation: str = "separate",
-        element: str = "e2m1fn", name: str | None = None) -> Recipe:
+        element: str = "e2m1fn", rounding: str = "nearest_even", scale: str = _POW2, occ_index: str = "tail",
+        dge_dtype: str | None = None, dge_outside: str = "end", name: str | None = None) -> Recipe:
     """The FP4 paper's recipe family: W{weight_bits}A{act_bits} with optional DGE and OCC.
 
     4-bit operands are ``element`` (E2M1, the paper's; E1M2 and E3M0 are its other FP4
-    candidates) with power-of-two scales, 8-bit ones E4M3 with fp32 scales. ``dge_k``: DGE on the weights with that k (None: direct quantization, STE).
-    ``occ_alpha``: OCC on the activations (None: none); ``occ_per``, ``quantile``,
-    ``compensate`` configure it and ``compensation`` picks how (see ``Recipe``). Granularities
-    (``"channel"``/``"token"`` vector-wise, or ``"tensor"``) are the paper's ablation (d).
+    candidates) with ``scale`` (default power-of-two scales, ``"pow2_ceil"``) and ``rounding``;
+    8-bit ones E4M3 with fp32 scales, rounded to nearest-even. Granularities (``"channel"``/
+    ``"token"`` vector-wise, or ``"tensor"``) are the paper's ablation (d); ``"tile(1,-1)"``
+    gives an (in, out) weight one scale per input channel (the released code's grouping).
+    ``dge_k``: DGE on the weights with that k (None: direct quantization, STE), its derivative
+    rounded to ``dge_dtype`` and valued ``dge_outside`` the range (see ``quant.dge``).
+    ``occ_alpha``: OCC on the activations (None: none); ``occ_per`` is its quantile group,
+    ``"tensor"`` (the default) or ``"token"`` (one pair of bounds per row), also from a config
+    string: ``"fp4(occ_alpha=0.99, occ_per='token')"``; ``occ_index`` (``"tail"`` or ``"floor"``),
+    ``quantile`` and ``compensate`` configure it too (see ``quant.OCC``), and ``compensation``
+    picks how the residual is added (see ``Recipe``).
     """
-    weight = Quantizer(_element("weight_bits", weight_bits, element), weight_granularity, scale=_scale(weight_bits),
-                       estimator="ste" if dge_k is None else dge(k=dge_k))
-    occ = None if occ_alpha is None else OCC(alpha=occ_alpha, per=occ_per, compensate=compensate, quantile=quantile)
-    act = Quantizer(_element("act_bits", act_bits, element), act_granularity, scale=_scale(act_bits), occ=occ)
+    estimator = "ste" if dge_k is None else dge(k=dge_k, dtype=dge_dtype, outside=dge_outside)
+    weight = _operand(weight_bits, "weight_bits", element, weight_granularity, scale, rounding, estimator=estimator)
+    occ = None if occ_alpha is None else OCC(alpha=occ_alpha, per=occ_per, compensate=compensate, quantile=quantile,
+                                             index=occ_index)
+    act = _operand(act_bits, "act_bits", element, act_granularity, scale, rounding, occ=occ)
     if name is None:
         name = f"w{weight_bits}a{act_bits}" + (f"+dge(k={dge_k:g})" if dge_k is not None else "") + (
             f"+occ({occ_alpha:g})" if occ_alpha is not None else "")
@@ -121,19 +134,18 @@ def fp4(weight_bits: int = 4, act_bits: int = 4, *, dge_k: float | None = None, 
                   reuse_forward=True, compute_dtype="bfloat16", compensation=compensation, name=name)
 
 
+def _operand(bits: int, field: str, element: str, granularity: str, scale: str, rounding: str, **kw) -> Quantizer:
+    """A 4-bit ``element`` operand with ``scale`` and ``rounding``, or an 8-bit E4M3 one (fp32 scales)."""
+    if bits not in (4, 8):
+        raise ValueError(f"{field} must be 4 ({element}) or 8 (E4M3); got {bits!r}")
+    if bits == 8:
+        return Quantizer("e4m3fn", granularity, scale="fp32", **kw)
+    return Quantizer(element, granularity, scale=scale, rounding=rounding, **kw)
+
+
 def _every_role(q: Quantizer) -> Recipe:
     return Recipe(fwd_act=q, fwd_weight=q, dgrad_grad=q, dgrad_weight=q, wgrad_grad=q, wgrad_act=q,
                   compute_dtype="bfloat16")
-
-
-def _element(field: str, bits: int, element: str) -> str:
-    if bits not in (4, 8):
-        raise ValueError(f"{field} must be 4 ({element}) or 8 (E4M3); got {bits!r}")
-    return element if bits == 4 else "e4m3fn"
-
-
-def _scale(bits: int) -> str:
-    return _POW2 if bits == 4 else "fp32"
 
 
 none = register("none", Recipe())
@@ -149,6 +161,45 @@ fp4_paper = register("fp4_paper", fp4(dge_k=5, occ_alpha=0.99))
 # quantized activation before one GEMM instead of a second GEMM (equal up to bf16 rounding).
 fp4_paper_fast = register("fp4_paper_fast", fp4(dge_k=5, occ_alpha=0.99, quantile="approx", compensation="fused",
                                                 name="fp4_paper_fast"))
+
+
+def _fp4_msamp() -> Recipe:
+    """The FP4 recipe as Azure/MS-AMP's released code runs it (commit 9746ea8), where it differs
+    from the paper's text (``fp4_paper``):
+
+    - weights per input channel: ``quantize_simulate_fp4_in_bf16(channel_wise=True)`` takes the
+      amax over dim 0 of the (out, in) Megatron weight (``msamp/operators/fp4_quantize/
+      fp4_quantize.py``); lowprec's kernels are (in, out), so ``"tile(1,-1)"`` (one scale per row);
+    - activations per token, clamped first to per-token quantiles (``token_wise=True,
+      outlier_clip=True, clip_threshold=0.99``, ``residual_compensation`` left False:
+      ``msamp/megatron/layers.py``); bounds at sorted indices int((1-α)n) and int(αn)
+      (``_apply_quantile_clipping``): ``OCC(index="floor")``;
+    - E2M1 rounding by strict ``<`` against the midpoints (``quantize_bf16_kernel``,
+      ``quantize.cu``): ties go toward +inf, ``rounding="nearest_up"``;
+    - scale multiplier 2**floor(log2(6/amax)) with margin 0, evaluated in bf16 on the bf16 amax,
+      1 for an all-zero group (``ScalingMeta.compute_scaling_factor``, ``msamp/common/tensor/
+      meta.py``): ``scale="pow2_ceil_bf16"``; the kernels' ``x * sf`` and ``/ sf`` in bf16 are
+      exact (powers of two), as lowprec's fp32 ones are;
+    - DGE on the scaled bf16 weight, k=5, cap 3, f' in fp32 written as bf16, below -6 the
+      first interval's formula and above 6 zero (``differentiable_quantize_derivative``,
+      ``quantize.cu``), multiplying the weight-gradient GEMM's result (``layers.py``):
+      ``dge(k=5, dtype="bfloat16", outside="msamp")``; no estimator on the activation;
+    - output gradients E5M2 per tensor, both backward GEMMs reusing the forward operands
+      (``layers.py``), bf16 GEMM operands with f32 accumulation.
+
+    Not modelled (``layers.py``): the E4M3 per-tensor cast of the FP4-valued operands before
+    the FP8 GEMM (exact unless a group's values fall below E4M3's subnormals relative to the
+    tensor's largest), the E5M2/E4M3 metas' delayed scaling (16-step amax window after warm-up),
+    and the bf16 rounding of the weight-gradient GEMM's result before the DGE multiply. The
+    layer must compute in bf16 (``QuantDense(dtype="bfloat16")``) to see the bf16 operands the
+    hook quantizes (``input.bfloat16()``, ``weight.bfloat16()``).
+    """
+    return fp4(dge_k=5, occ_alpha=0.99, weight_granularity="tile(1,-1)", occ_per="token", compensate=False,
+               occ_index="floor", rounding="nearest_up", scale="pow2_ceil_bf16", dge_dtype="bfloat16",
+               dge_outside="msamp", name="fp4_msamp")
+
+
+fp4_msamp = register("fp4_msamp", _fp4_msamp())
 w4a4 = register("w4a4", fp4(4, 4))
 w4a8 = register("w4a8", fp4(4, 8))
 w8a4 = register("w8a4", fp4(8, 4))

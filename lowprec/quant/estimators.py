@@ -62,14 +62,21 @@ def clipped_ste_derivative(xs, fmt: Format):
     return ((xs >= lo) & (xs <= hi)).astype(jnp.float32)
 
 
-def dge_derivative(xs, fmt: Format, k: float = 5.0, cap: float = 3.0):
+DGE_OUTSIDE = ("end", "zero", "msamp")
+
+
+def dge_derivative(xs, fmt: Format, k: float = 5.0, cap: float = 3.0, dtype: str | None = None,
+                   outside: str = "end"):
     """The FP4 paper's f′ on the local interval of ``fmt``'s grid around each ``xs``.
 
     With ``[lo, hi] = fmt.neighbors(xs)``, ``δ = hi − lo`` and ``u = xs − lo``:
     ``f′ = min(cap, (1/k) · |2u/δ − 1|^(1/k − 1))``, so f′ = 1/k at grid points and ``cap``
-    at midpoints. Outside the format's range (where the forward pass saturates) ``neighbors``
-    returns the end point twice, so f′ = 1/k there: the value at the end point, the limit of
-    f′ from inside the last interval; saturated entries keep a small gradient rather than none.
+    at midpoints. Outside the format's range (where the forward pass saturates), ``outside``:
+    ``"end"``: 1/k, the value at the end point, the limit of f′ from inside the last interval
+    (saturated entries keep a small gradient rather than none); ``"zero"``: 0; ``"msamp"``:
+    as the FP4 paper's released kernel (Azure/MS-AMP, ``differentiable_quantize_derivative``):
+    below the range the first interval's formula continued, above it 0. ``dtype``: the
+    derivative rounded to it (nearest-even; the released kernel writes bfloat16), else fp32.
     NaN inputs give NaN.
     """
     xs = xs.astype(jnp.float32)
@@ -78,33 +85,60 @@ def dge_derivative(xs, fmt: Format, k: float = 5.0, cap: float = 3.0):
     on_grid = delta == 0
     t = jnp.abs(2.0 * (xs - lo) / jnp.where(on_grid, 1.0, delta) - 1.0)
     d = jnp.minimum(cap, t ** (1.0 / k - 1.0) / k)  # t = 0 (a midpoint) gives inf, capped
-    return jnp.where(on_grid, 1.0 / k, d).astype(jnp.float32)
+    d = jnp.where(on_grid, 1.0 / k, d)
+    if outside != "end":
+        d = jnp.where(xs > fmt.max, 0.0, d)
+        below = xs < fmt.min
+        if outside == "zero":
+            d = jnp.where(below, 0.0, d)
+        else:
+            first = fmt.values()[:2]  # the first interval's formula, continued below it
+            t_out = jnp.abs(2.0 * (xs - first[0]) / (first[1] - first[0]) - 1.0)
+            d = jnp.where(below, jnp.minimum(cap, t_out ** (1.0 / k - 1.0) / k), d)
+    if dtype is not None:
+        d = d.astype(dtype)
+    return d.astype(jnp.float32)
 
 
 @dataclasses.dataclass(frozen=True)
 class _DGE:
-    """DGE with fixed ``k`` and ``cap``: a hashable, comparable ``fn`` for an Estimator."""
+    """DGE with fixed settings: a hashable, comparable ``fn`` for an Estimator."""
 
     k: float
     cap: float
+    dtype: str | None = None
+    outside: str = "end"
 
     def __call__(self, xs, fmt: Format):
-        return dge_derivative(xs, fmt, self.k, self.cap)
+        return dge_derivative(xs, fmt, self.k, self.cap, self.dtype, self.outside)
 
 
-def dge(k: float = 5.0, cap: float = 3.0) -> Estimator:
-    """The differentiable gradient estimator (Wang et al. 2025) with sharpness ``k`` and ``cap``.
+def dge(k: float = 5.0, cap: float = 3.0, dtype: str | None = None, outside: str = "end") -> Estimator:
+    """The differentiable gradient estimator (Wang et al. 2025) with sharpness ``k``, ``cap``,
+    the derivative's ``dtype`` (None: fp32) and its value ``outside`` the range (see
+    :func:`dge_derivative`).
 
-    Named ``"dge"`` for the paper's k = 5, cap = 3 and e.g. ``"dge(k=3)"`` otherwise; equal
-    arguments give equal (and equally hashed) estimators. k = 1 (with cap >= 1) is the STE.
+    Named ``"dge"`` for the paper's k = 5, cap = 3 and e.g. ``"dge(k=3)"`` or
+    ``"dge(dtype=bfloat16,outside=msamp)"`` otherwise; equal arguments give equal (and equally
+    hashed) estimators. k = 1 (with cap >= 1) is the STE.
     """
     if not k >= 1:
         raise ValueError(f"dge k must be >= 1 (k = 1 is the STE); got {k}")
     if not cap > 0:
         raise ValueError(f"dge cap must be positive; got {cap}")
+    if outside not in DGE_OUTSIDE:
+        raise ValueError(f"unknown dge outside {outside!r}; known: {', '.join(DGE_OUTSIDE)}")
+    if dtype is not None:
+        try:
+            dtype = jnp.dtype(dtype).name
+        except TypeError:
+            dtype = None
+        if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+            raise ValueError("dge dtype must be None or a floating dtype (e.g. bfloat16, float16)")
     args = [f"{n}={v:g}" for n, v, default in (("k", k, 5.0), ("cap", cap, 3.0)) if v != default]
+    args += [f"{n}={v}" for n, v, default in (("dtype", dtype, None), ("outside", outside, "end")) if v != default]
     name = "dge" + (f"({','.join(args)})" if args else "")
-    return Estimator(name, _DGE(k, cap))
+    return Estimator(name, _DGE(k, cap, dtype, outside))
 
 
 STE = Estimator("ste")
@@ -133,16 +167,19 @@ def get_estimator(spec: str | Estimator | Callable) -> Estimator:
     if m is not None:
         return _parse_dge(spec, m.group(1))
     raise ValueError(f"unknown estimator {spec!r}; known: {', '.join(sorted(_ESTIMATORS))}, "
-                     "dge(k=...,cap=...), or an Estimator / function (xs, fmt) -> derivative")
+                     "dge(k=...,cap=...,dtype=...,outside=...), or an Estimator / function (xs, fmt) -> derivative")
 
 
 def _parse_dge(spec: str, args: str) -> Estimator:
-    """``dge(...)`` from its argument string ``"k=3,cap=2"``."""
+    """``dge(...)`` from its argument string ``"k=3,cap=2,dtype=bfloat16,outside=msamp"``."""
     kwargs = {}
     for arg in filter(None, args.split(",")):
         key, _, value = arg.partition("=")
+        if key in ("dtype", "outside"):
+            kwargs[key] = value.strip("'\"")
+            continue
         if key not in ("k", "cap"):
-            raise ValueError(f"cannot parse estimator {spec!r}: unknown argument {key!r}; known: k, cap")
+            raise ValueError(f"cannot parse estimator {spec!r}: unknown argument {key!r}; known: k, cap, dtype, outside")
         try:
             kwargs[key] = float(value)
         except ValueError:

@@ -21,7 +21,10 @@ class Granularity:
       ``"token"`` reduces axis -1 (one scale per row/token of an activation).
     - ``block``: blocks of ``size[0]`` consecutive elements along ``axes[0]`` (MX: 32,
       NVFP4: 16); a length not divisible by the block size is zero-padded, never truncated.
-    - ``tile``: ``size[0]`` x ``size[1]`` tiles over ``axes`` (default the last two).
+    - ``tile``: ``size[0]`` x ``size[1]`` tiles over ``axes`` (default the last two); a size of
+      -1 spans the whole axis, e.g. ``"tile(1,-1)"``: one scale per row of the last two axes,
+      which in a GEMM stays on its axes (vectors are rebound to the contraction): per input
+      channel of an (in, out) kernel.
     """
 
     kind: str = "tensor"
@@ -37,8 +40,9 @@ class Granularity:
                              f"got axes={self.axes}, size={self.size}")
         if self.kind == "axis" and not self.axes:
             raise ValueError("granularity 'axis' needs at least one axis to reduce over")
-        if any(not isinstance(s, int) or s < 1 for s in self.size):
-            raise ValueError(f"block/tile sizes must be positive integers; got {self.size}")
+        if any(not isinstance(s, int) or s < 1 and not (self.kind == "tile" and s == -1) for s in self.size):
+            raise ValueError(f"block/tile sizes must be positive integers (tiles: or -1, the whole axis); "
+                             f"got {self.size}")
 
     @classmethod
     def parse(cls, spec: str | Granularity) -> Granularity:
@@ -99,14 +103,15 @@ class Granularity:
             return x, axes
         if self.kind == "tile" and axes[0] == axes[1]:
             raise ValueError(f"tile axes must differ; got {self.axes}")
+        sizes = self._sizes(x.shape, axes)
         pads = [(0, 0)] * nd
-        for a, n in zip(axes, self.size):
+        for a, n in zip(axes, sizes):
             pads[a] = (0, (-x.shape[a]) % n)
         xp = jnp.pad(x, pads) if any(p[1] for p in pads) else x
         shape, reduce_axes = [], []
         for d in range(nd):
             if d in axes:
-                n = self.size[axes.index(d)]
+                n = sizes[axes.index(d)]
                 shape += [xp.shape[d] // n, n]
                 reduce_axes.append(len(shape) - 1)
             else:
@@ -118,7 +123,8 @@ class Granularity:
         if self.kind in ("tensor", "axis"):
             return yg
         axes = tuple(_norm(a, len(shape)) for a in self.axes)
-        padded = [s + (-s) % self.size[axes.index(d)] if d in axes else s for d, s in enumerate(shape)]
+        sizes = self._sizes(shape, axes)
+        padded = [s + (-s) % sizes[axes.index(d)] if d in axes else s for d, s in enumerate(shape)]
         y = yg.reshape(padded)
         if padded != list(shape):
             y = y[tuple(slice(0, s) for s in shape)]
@@ -132,7 +138,11 @@ class Granularity:
         if self.kind == "axis":
             return math.prod(s for d, s in enumerate(shape) if d not in axes)
         n = math.prod(s for d, s in enumerate(shape) if d not in axes)
-        return n * math.prod(-(-shape[a] // k) for a, k in zip(axes, self.size))
+        return n * math.prod(-(-shape[a] // k) for a, k in zip(axes, self._sizes(shape, axes)))
+
+    def _sizes(self, shape, axes) -> tuple[int, ...]:
+        """Block/tile sizes with -1 (the whole axis) resolved for an array of ``shape``."""
+        return tuple(shape[a] if k == -1 else k for a, k in zip(axes, self.size))
 
 
 def _norm(axis: int, ndim: int) -> int:

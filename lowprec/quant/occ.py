@@ -6,8 +6,15 @@ goes through the low-precision GEMM; the sparse residual ``ΔY = Y − Yc`` (≈
 entries are non-zero) can be multiplied by the weight in a higher precision and added back
 (the compensation; the ops layer does that GEMM with the residual from :func:`clamp`).
 
-Quantiles are order statistics (no interpolation; see :func:`tail_count`), so the bounds are
-entries of ``Y`` and clamping twice changes nothing.
+Quantiles are order statistics (no interpolation), so the bounds are entries of ``Y`` and
+clamping twice changes nothing. Which ones (of n sorted values, 0-based):
+
+- ``index="tail"``: ``k`` and ``n - 1 - k`` with ``k = tail_count(alpha, n, ...)``, about
+  ``round((1 − α) n)`` values beyond each bound: the clamped fraction is (1 − α) per side.
+- ``index="floor"``: ``int((1 − α) n)`` and ``int(α n)`` (Python floats), the indices of the
+  FP4 paper's released code (Azure/MS-AMP, ``FP4_QUANTIZER._apply_quantile_clipping``); they
+  need not be symmetric, e.g. n = 256, α = 0.99: 2 and 253 (``tail``: 3 and 252), and
+  n = 100: 1 and 99, the maximum (no upper clamp).
 
 - ``quantile="exact"`` sorts each group once for both bounds (a full sort: the cost that
   makes exact per-tensor quantiles of a large activation slower than its GEMM).
@@ -31,6 +38,7 @@ import jax.numpy as jnp
 
 PER = ("tensor", "token")
 QUANTILES = ("exact", "approx")
+INDICES = ("tail", "floor")
 TENSOR_SAMPLE = 1 << 16
 TOKEN_SAMPLE = 1 << 9
 
@@ -43,7 +51,8 @@ class OCC:
     ``"tensor"`` or ``"token"`` (one pair of bounds per row over the last axis);
     ``compensate``: whether the residual GEMM is added back (clamp-only when False);
     ``residual_dtype``: the dtype of the residual and its GEMM; ``quantile``: ``"exact"`` or
-    ``"approx"`` (a subsample's order statistics; see the module docstring for its error).
+    ``"approx"`` (a subsample's order statistics; see the module docstring for its error);
+    ``index``: ``"tail"`` or ``"floor"``, which order statistics are the bounds (module docstring).
     """
 
     alpha: float = 0.99
@@ -51,11 +60,12 @@ class OCC:
     compensate: bool = True
     residual_dtype: str = "bfloat16"
     quantile: str = "exact"
+    index: str = "tail"
 
     def __post_init__(self):
         if not 0.5 < self.alpha < 1:
             raise ValueError(f"OCC alpha must lie in the open interval (0.5, 1); got {self.alpha}")
-        for field, allowed in (("per", PER), ("quantile", QUANTILES)):
+        for field, allowed in (("per", PER), ("quantile", QUANTILES), ("index", INDICES)):
             if getattr(self, field) not in allowed:
                 raise ValueError(f"unknown OCC {field} {getattr(self, field)!r}; known: {', '.join(allowed)}")
         try:
@@ -71,6 +81,8 @@ class OCC:
         parts = [f"alpha={self.alpha:g}", f"per={self.per}"]
         if self.quantile != "exact":
             parts.append(f"quantile={self.quantile}")
+        if self.index != "tail":
+            parts.append(f"index={self.index}")
         if not self.compensate:
             parts.append("compensate=False")
         if self.residual_dtype != "bfloat16":
@@ -110,10 +122,18 @@ def bounds(x, occ: OCC) -> tuple[jax.Array, jax.Array]:
     else:
         groups, out_shape = x.reshape(-1, x.shape[-1]), x.shape[:-1] + (1,)
     v = _subsample(groups, x.shape[-1], occ.per) if occ.quantile == "approx" else groups
-    n = v.shape[-1]
-    k = tail_count(occ.alpha, n, groups.shape[-1])
+    lo, hi = bound_indices(occ, v.shape[-1], groups.shape[-1])
     s = jnp.sort(v, axis=-1)
-    return s[:, k].reshape(out_shape), s[:, n - 1 - k].reshape(out_shape)
+    return s[:, lo].reshape(out_shape), s[:, hi].reshape(out_shape)
+
+
+def bound_indices(occ: OCC, n: int, group_size: int) -> tuple[int, int]:
+    """The 0-based positions of the lower and upper bound among ``n`` sorted values (a group of
+    ``group_size``, or a subsample of it), by ``occ.index``."""
+    if occ.index == "floor":
+        return int((1 - occ.alpha) * n), int(occ.alpha * n)
+    k = tail_count(occ.alpha, n, group_size)
+    return k, n - 1 - k
 
 
 def _replicated_if_explicit(x):

@@ -9,6 +9,7 @@ from typing import Any
 import jax
 
 from lowprec.formats import pack
+from lowprec.quant import scaling
 
 
 @jax.tree_util.register_dataclass
@@ -39,10 +40,8 @@ class QTensor:
 
     def dequantize(self) -> jax.Array:
         q = self.quantizer
-        s = self.group_scales()
-        if self.tensor_scale is not None:
-            s = s * self.tensor_scale
-        values = q.format.decode(self.codes) * s
+        s = scaling.combine(self.group_scales(), self.tensor_scale)
+        values = scaling.apply_scale(q.format.decode(self.codes), s)
         return q.granularity.from_groups(values, self.shape).astype(self.dtype)
 
     def nbytes(self) -> int:

@@ -146,16 +146,13 @@ class Quantizer:
         k_elem, k_scale = (None, None) if key is None else jax.random.split(key)
         group, ts, dq = self._scales(jax.lax.stop_gradient(xg), axes, amax_history, k_scale,
                                      raw=jax.lax.stop_gradient(x))
-        s = group if ts is None else group * ts
+        s = scaling.combine(group, ts)
         return xg, s, k_elem, (group, ts, dq)
 
     @staticmethod
     def _apply_inverse(xg, s):
-        """``x * (1/s)`` with ``1/s`` correctly rounded per group: the scaled input. Exactly
-        ``x / s`` for power-of-two scales (MX, E8M0, the FP4 paper's); for other scales this is
-        the definition (as a stored inverse scale is in FP8 training), deterministic under jit,
-        where XLA would otherwise turn ``x / s`` into ``x * (1/s)`` anyway, at one fused pass."""
-        return xg * scaling.exact_div(jnp.ones_like(s), s)
+        """The scaled input ``x * (1/s)`` (see ``scaling.apply_inverse``)."""
+        return scaling.apply_inverse(xg, s)
 
     def _check_key(self, key):
         if self.rounding == "stochastic" and key is None:
@@ -198,7 +195,7 @@ class Quantizer:
         xg, s, k_elem, _ = self._scaled(x, key, amax_history)
         xs = self._apply_inverse(xg, s)
         q = self.format.quantize(xs, self.rounding, k_elem, overflow=self.overflow, random_bits=self.random_bits)
-        y = self.granularity.from_groups(q * s, x.shape).astype(x.dtype)
+        y = self.granularity.from_groups(scaling.apply_scale(q, s), x.shape).astype(x.dtype)
         return y, (self.granularity.from_groups(xs, x.shape) if self.estimator.needs_input else None)
 
     # ---- real quantization ----

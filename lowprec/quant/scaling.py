@@ -1,21 +1,38 @@
 """Scales from an amax: exact fp32, powers of two (E8M0: floor / ceil / nearest), or a Format.
 
 ``scale = amax / format.max`` maps a group's largest magnitude onto the format's largest
-value; quantization divides by the scale and dequantization multiplies by it. Power-of-two
-scales are built with exact exponent arithmetic (through the E8M0 format), never pow/log2.
+value; quantization multiplies by the inverse scale and dequantization by the scale
+(``apply_inverse``, ``apply_scale``). Power-of-two scales are built with exact exponent
+arithmetic (through the E8M0 format), never pow/log2.
 Non-finite entries never set a scale (amax is over finite values) and an all-zero group gets
 scale 1.
+
+Every rule is exact on every backend, for scales far below fp32's normal range too (an MXFP4
+block with amax below 2**-124, an INT8 channel below 127 * 2**-126, an NVFP4 tensor below
+2688 * 2**-126): the scale arithmetic (amax / max, NVFP4's group scale times tensor scale) is
+IEEE fp32 with gradual underflow computed from the bits (``quant.exact``), and a scale or
+inverse scale is applied as two normal-range factors, the inverse correctly rounded to 24 bits
+even where it exceeds fp32's range (below 2**-128). The output then equals the rule computed
+exactly wherever that output is a normal fp32 number; where it is subnormal it is 0 on XLA:CPU
+and at most one subnormal step from it elsewhere; it is never NaN for finite input, and a scale
+that underflows to 0 (possible only for formats whose max exceeds 2**23) quantizes its group
+to zeros. What no rule can fix: XLA:CPU flushes subnormal fp32 *inputs* and *outputs* of float
+operations to zero, so there a tensor whose values are fp32 subnormals (below 2**-126, about
+1.2e-38) reads as zeros, and outputs below 2**-126 come out as zeros.
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from lowprec.formats import Format, get
+from lowprec.quant import exact, pow2_bf16
 
-SCALE_RULES = ("fp32", "pow2_floor", "pow2_ceil", "pow2_nearest")
+SCALE_RULES = ("fp32", "pow2_floor", "pow2_ceil", "pow2_nearest", "pow2_ceil_bf16")
 _E8M0 = get("e8m0fnu")
 
 
@@ -81,6 +98,8 @@ def scale_from_amax(am, fmt: Format, rule) -> jax.Array:
     - ``pow2_floor``: 2**(floor(log2 amax) - emax(fmt)), the OCP MX rule (may clip the max).
     - ``pow2_ceil``: the smallest power of two with amax / scale <= fmt.max (never clips).
     - ``pow2_nearest``: amax / fmt.max rounded to the nearest power of two.
+    - ``pow2_ceil_bf16``: ``pow2_ceil`` as the FP4 paper's released code computes it, in bf16
+      (may halve the scale and clip; see ``quant.pow2_bf16``).
     - a Format (e.g. ``"e4m3fn"``): amax / fmt.max rounded onto that format (used under an fp32
       tensor scale for NVFP4-style two-level scaling; see ``two_level_scale``).
     """
@@ -92,17 +111,27 @@ def scale_from_amax(am, fmt: Format, rule) -> jax.Array:
     elif rule == "pow2_floor":
         k = _E8M0.encode(_E8M0.quantize(safe, rounding="down")).astype(jnp.int32) - fmt.emax
         s = _E8M0.decode(jnp.clip(k, 0, 254))  # exponent arithmetic on E8M0 codes: exact
-    elif rule in ("pow2_ceil", "pow2_nearest"):
-        r = exact_div(safe, fmt.max)
-        s = _E8M0.quantize(r, rounding="up" if rule == "pow2_ceil" else "nearest_even")
-        if rule == "pow2_ceil":  # r was rounded: make the bound exact both ways
-            s = jnp.where(safe > fmt.max * s, s * 2, s)
-            s = jnp.where((s > _E8M0.tiny) & (safe <= fmt.max * (s / 2)), s / 2, s)
+    elif rule == "pow2_ceil":
+        s = _pow2_ceil(safe, fmt.max)
+    elif rule == "pow2_nearest":
+        s = _E8M0.quantize(exact_div(safe, fmt.max), rounding="nearest_even")
+    elif rule == "pow2_ceil_bf16":
+        s = pow2_bf16.scale(safe, fmt.max)
     else:
         sfmt = get(rule)
         s = sfmt.quantize(exact_div(safe, fmt.max))
-        s = jnp.where(s > 0, s, sfmt.tiny if hasattr(sfmt, "tiny") else 1.0)
+        nonzero = (lax.bitcast_convert_type(s, jnp.uint32) & 0x7FFFFFFF) != 0  # bits: a subnormal is > 0
+        s = jnp.where(nonzero, s, sfmt.tiny if hasattr(sfmt, "tiny") else 1.0)
     return jnp.where(zero, 1.0, s)
+
+
+def _pow2_ceil(am, fmax: float) -> jax.Array:
+    """The smallest 2**k (k in E8M0's -127..127) with am <= fmax * 2**k, from exponents: with
+    am = m * 2**e and fmax = mx * 2**ex (m, mx in [1, 2)), k = e - ex, plus 1 where m > mx."""
+    mx, ex = math.frexp(fmax)
+    _, n, e, _, _ = exact._fields(am)
+    k = e - (ex - 1) + (exact._unit(n) > 2 * mx).astype(jnp.int32)
+    return _E8M0.decode(jnp.clip(k + 127, 0, 254))
 
 
 def two_level_scale(xg, reduce_axes, fmt: Format, scale_fmt: Format,
@@ -119,9 +148,29 @@ def two_level_scale(xg, reduce_axes, fmt: Format, scale_fmt: Format,
     return group, tensor_scale
 
 
+def combine(group, tensor_scale) -> jax.Array:
+    """The scale a two-level group applies: ``group * tensor_scale`` as IEEE fp32 (exact)."""
+    return group if tensor_scale is None else exact.mul(group, tensor_scale)
+
+
+def apply_scale(v, s) -> jax.Array:
+    """``v * s`` per group (dequantization), correctly rounded wherever the result is normal."""
+    return exact.apply(v, *exact.factors(s))
+
+
+def apply_inverse(x, s) -> jax.Array:
+    """``x`` times ``1/s`` correctly rounded to 24 bits, per group: the scaled input. Exactly
+    ``x / s`` for power-of-two scales (MX, E8M0, the FP4 paper's); for other scales this is
+    the definition (as a stored inverse scale is in FP8 training), deterministic under jit,
+    where XLA would otherwise turn ``x / s`` into ``x * (1/s)`` anyway. One fused pass; a zero
+    scale gives zeros (no 0 * inf)."""
+    return exact.apply(x, *exact.inverse_factors(s))
+
+
 def exact_div(a, b) -> jax.Array:
-    """``a / b`` correctly rounded. XLA rewrites a division by a constant or by a broadcast
-    into a multiplication by the reciprocal, and ``a * (1/b)`` differs from ``a / b``; the
-    barrier hides the divisor from that rewrite. (Meant for scale-sized arrays.)"""
+    """``a / b`` correctly rounded (IEEE fp32, subnormal quotients too, on every backend). XLA
+    rewrites a division by a constant or by a broadcast into a multiplication by the
+    reciprocal, and ``a * (1/b)`` differs from ``a / b``; ``exact.div`` hides the divisor from
+    that rewrite. (Meant for scale-sized arrays.)"""
     a = jnp.asarray(a, jnp.float32)
-    return a / lax.optimization_barrier(jnp.broadcast_to(jnp.asarray(b, jnp.float32), a.shape))
+    return exact.div(a, jnp.broadcast_to(jnp.asarray(b, jnp.float32), a.shape))
