@@ -11,8 +11,9 @@ from lowprec.ops.dot import dot_general, init_amax_history
 from lowprec.ops.einsum import einsum
 from lowprec.ops.native import FP8_TARGET, device_has_fp8, fp8_path, gemm_targets, parse_gemms
 from lowprec.ops.recipe import ROLES, Recipe
+from lowprec.quant.hadamard import Hadamard
 
 __all__ = [
-    "FP8_TARGET", "ROLES", "Recipe", "device_has_fp8", "dot_general", "einsum", "fp8_path", "gemm_targets",
+    "FP8_TARGET", "Hadamard", "ROLES", "Recipe", "device_has_fp8", "dot_general", "einsum", "fp8_path", "gemm_targets",
     "init_amax_history", "parse_gemms", "recipes", "telemetry",
 ]

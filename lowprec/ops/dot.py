@@ -7,7 +7,12 @@ constants, as in ``Quantizer``. OCC's clamp passes the gradient as the identity,
 ``Quantizer`` and the FP4 paper (whose backward GEMMs use the quantized operands): every
 activation entry gets the estimator's derivative at its clamped scaled value. The separate
 compensation GEMM ``residual x weight`` adds its weight gradient ``residual^T x grad``.
-Stochastic rounding draws ``jax.random.fold_in(key, i)`` for the i-th role of ``ROLES``.
+Stochastic rounding draws ``jax.random.fold_in(key, i)`` for the i-th role of ``ROLES``; a
+Hadamard transform with signs from the key draws ``fold_in(key, len(ROLES) + j)`` for the j-th
+GEMM (forward, grad-input, grad-weight), the same signs for both of its operands. A transformed
+GEMM multiplies ``x H S`` and ``w`` transformed alike along their contraction (see
+``Recipe.fwd_hadamard``); the backward GEMMs transform their own operands, so no gradient passes
+through a transform.
 
 Delayed scaling: roles whose Quantizer has ``source="delayed"`` are scaled from the largest
 entry of their row of ``amax_history`` (rows ``ROLES``, newest amax first), and the gradient
@@ -30,7 +35,7 @@ import jax.numpy as jnp
 from lowprec.ops import cast_transpose, dims, native, operand, recipes, telemetry
 from lowprec.ops.gemm import gemm
 from lowprec.ops.operand import Operand
-from lowprec.ops.recipe import ROLES, Recipe
+from lowprec.ops.recipe import HADAMARDS, ROLES, Recipe
 from lowprec.quant import occ as occ_lib
 from lowprec.quant import scaling
 from lowprec.quant.quantizer import update_amax_history
@@ -51,7 +56,7 @@ def dot_general(lhs, rhs, dimension_numbers, recipe: Recipe | str = "none", key=
     lhs, rhs = jnp.asarray(lhs), jnp.asarray(rhs)
     stochastic = recipe.needs_key()
     if stochastic and key is None:
-        raise ValueError(f"recipe {recipe.name or recipe} rounds stochastically in {', '.join(stochastic)}: "
+        raise ValueError(f"recipe {recipe.name or recipe} draws random bits in {', '.join(stochastic)}: "
                          "pass key=jax.random.key(...)")
     dtype = jnp.result_type(lhs.dtype, rhs.dtype)
     cfg = _Config(
@@ -166,7 +171,19 @@ def _shared_grad(cfg: _Config) -> bool:
     r = cfg.recipe
     q = r.dgrad_grad
     return (cfg.transposes == "pallas" and q is not None and q == r.wgrad_grad and q.rounding != "stochastic"
-            and q.source != "delayed")
+            and q.source != "delayed" and r.dgrad_hadamard is None and r.wgrad_hadamard is None)
+
+
+def _hadamard(cfg: _Config, field: str, key, a, a_contract, b, b_contract):
+    """Both operands of a GEMM through the recipe's ``field`` transform along their last
+    contracted axis pair (unchanged when it is None)."""
+    h = getattr(cfg.recipe, field)
+    if h is None:
+        return a, b
+    if not a_contract:
+        raise ValueError(f"Recipe.{field}: the GEMM contracts no axis; a Hadamard transform needs one")
+    k = None if key is None else jax.random.fold_in(key, len(ROLES) + list(HADAMARDS).index(field))
+    return h.apply(a, a_contract[-1], k), h.apply(b, b_contract[-1], k)
 
 
 def _forward(cfg: _Config, lhs, rhs, key, history):
@@ -182,14 +199,16 @@ def _forward(cfg: _Config, lhs, rhs, key, history):
         residual = delta.astype(occ.residual_dtype) if occ.compensate else None
     fwd_amax = {}
     reused = r.reuse_forward and residual is None
+    x, w = _hadamard(cfg, "fwd_hadamard", key, x, lc, rhs, rc)
     act, act_s = _quantize(cfg, history, fwd_amax, "fwd_act", x, q_act, lc, keys,
                            _two_layouts(cfg, x, lc, lb, q_act, q_w) if reused else None)
-    weight, weight_s = _quantize(cfg, history, fwd_amax, "fwd_weight", rhs, q_w, rc, keys,
-                                 _two_layouts(cfg, rhs, rc, rb, q_w, q_act) if reused else None)
+    weight, weight_s = _quantize(cfg, history, fwd_amax, "fwd_weight", w, q_w, rc, keys,
+                                 _two_layouts(cfg, w, rc, rb, q_w, q_act) if reused else None)
     stats = None
     if cfg.telemetry:
-        stats = telemetry.rows({"fwd_act": _act_stats(lhs, x, act, act_s, q_act, lc, clamped, residual),
-                                "fwd_weight": _stats(rhs, weight, weight_s, q_w, rc)})
+        seen = lhs if r.fwd_hadamard is None else x
+        stats = telemetry.rows({"fwd_act": _act_stats(seen, x, act, act_s, q_act, lc, clamped, residual),
+                                "fwd_weight": _stats(w, weight, weight_s, q_w, rc)})
     separate = residual is not None and r.compensation == "separate"
     if residual is not None and not separate:  # fused: the residual joins the quantized activation
         act = Operand((act.dequantize() + residual.astype(jnp.float32)).astype(occ.residual_dtype))
@@ -235,12 +254,15 @@ def _grad_input(cfg: _Config, saved: _Saved, g, keys, by_role, amaxes, shared=No
     gradient already quantized for both backward GEMMs."""
     r, gi, lc = cfg.recipe, dims.grad_input(cfg.dn, *cfg.ndims), cfg.dn[0][0]
     (g_c, w_c), _ = gi.dn
+    rhs = saved.rhs
+    if r.dgrad_hadamard is not None:
+        g, rhs = _hadamard(cfg, "dgrad_hadamard", saved.key, g, g_c, rhs, w_c)
     g1, g1_s = shared or _quantize(cfg, saved.history, amaxes, "dgrad_grad", g, r.dgrad_grad, g_c, keys)
     weight = saved.weight
     if weight is None:
-        weight, w_s = _quantize(cfg, saved.history, amaxes, "dgrad_weight", saved.rhs, r.dgrad_weight, w_c, keys)
+        weight, w_s = _quantize(cfg, saved.history, amaxes, "dgrad_weight", rhs, r.dgrad_weight, w_c, keys)
         if cfg.telemetry:
-            by_role["dgrad_weight"] = _stats(saved.rhs, weight, w_s, r.dgrad_weight, w_c)
+            by_role["dgrad_weight"] = _stats(rhs, weight, w_s, r.dgrad_weight, w_c)
     if cfg.telemetry:
         by_role["dgrad_grad"] = _stats(g, g1, g1_s, r.dgrad_grad, g_c)
     d = None if r.fwd_act is None else operand.derivative(
@@ -255,14 +277,17 @@ def _grad_weight(cfg: _Config, saved: _Saved, g, keys, by_role, amaxes, shared=N
     estimator, plus the separate OCC compensation's weight gradient."""
     r, gw, rc = cfg.recipe, dims.grad_weight(cfg.dn, *cfg.ndims), cfg.dn[0][1]
     (g_c, a_c), _ = gw.dn
-    g2, g2_s = shared or _quantize(cfg, saved.history, amaxes, "wgrad_grad", g, r.wgrad_grad, g_c, keys)
+    g_in, lhs = g, saved.lhs
+    if r.wgrad_hadamard is not None:
+        g_in, lhs = _hadamard(cfg, "wgrad_hadamard", saved.key, g, g_c, lhs, a_c)
+    g2, g2_s = shared or _quantize(cfg, saved.history, amaxes, "wgrad_grad", g_in, r.wgrad_grad, g_c, keys)
     act = saved.act
     if act is None:
-        act, a_s = _quantize(cfg, saved.history, amaxes, "wgrad_act", saved.lhs, r.wgrad_act, a_c, keys)
+        act, a_s = _quantize(cfg, saved.history, amaxes, "wgrad_act", lhs, r.wgrad_act, a_c, keys)
         if cfg.telemetry:
-            by_role["wgrad_act"] = _stats(saved.lhs, act, a_s, r.wgrad_act, a_c)
+            by_role["wgrad_act"] = _stats(lhs, act, a_s, r.wgrad_act, a_c)
     if cfg.telemetry:
-        by_role["wgrad_grad"] = _stats(g, g2, g2_s, r.wgrad_grad, g_c)
+        by_role["wgrad_grad"] = _stats(g_in, g2, g2_s, r.wgrad_grad, g_c)
     d = None if r.fwd_weight is None else operand.derivative(
         saved.rhs, operand.bind(r.fwd_weight, rc), saved.weight_scale)
     plain = d is None and saved.residual is None

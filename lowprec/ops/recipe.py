@@ -7,6 +7,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from lowprec.quant import Quantizer
+from lowprec.quant.hadamard import Hadamard
 
 # The six GEMM operands, in a fixed order (telemetry rows and stochastic-rounding key folds use it).
 # forward:     y  = act  x weight
@@ -17,6 +18,9 @@ REUSED_ROLES = {"dgrad_weight": "fwd_weight", "wgrad_act": "fwd_act"}
 COMPENSATIONS = ("separate", "fused")
 NATIVE_FP8 = ("auto", "off", "on")
 FP8_TRANSPOSES = ("auto", "fused", "separate", "pallas")
+# A Hadamard transform per GEMM, applied to both of its operands along the axes they contract.
+HADAMARDS = {"fwd_hadamard": ("fwd_act", "fwd_weight"), "dgrad_hadamard": ("dgrad_grad", "dgrad_weight"),
+             "wgrad_hadamard": ("wgrad_grad", "wgrad_act")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +60,11 @@ class Recipe:
     the device (benchmark_gemm). The kernel is not partitioned: under ``jit`` with operands
     sharded across devices XLA would gather them onto each device (the training loop refuses
     ``"pallas"`` on a mesh of more than one device; ``"auto"`` picks ``"fused"`` there).
+    ``fwd_hadamard``, ``dgrad_hadamard``, ``wgrad_hadamard``: a ``quant.Hadamard`` applied to both
+    operands of that GEMM along the last axis pair it contracts, before they are quantized (the
+    product is unchanged up to rounding); needs ``reuse_forward=False`` (a transformed operand is
+    of no use to another GEMM) and, forward, no OCC or input-dependent estimator (their
+    gradients are elementwise in the untransformed operand).
     """
 
     fwd_act: Quantizer | None = None
@@ -72,6 +81,9 @@ class Recipe:
     native_fp8: str = "auto"
     fp8_transposes: str = "auto"
     amax_history_len: int = 16
+    fwd_hadamard: Hadamard | None = None
+    dgrad_hadamard: Hadamard | None = None
+    wgrad_hadamard: Hadamard | None = None
     name: str | None = dataclasses.field(default=None, compare=False)
 
     def __post_init__(self):
@@ -96,8 +108,24 @@ class Recipe:
         _choice("compensation", self.compensation, COMPENSATIONS)
         _choice("native_fp8", self.native_fp8, NATIVE_FP8)
         _choice("fp8_transposes", self.fp8_transposes, FP8_TRANSPOSES)
+        self._check_hadamards()
         if not (isinstance(self.amax_history_len, int) and self.amax_history_len >= 1):
             raise ValueError(f"Recipe.amax_history_len must be an integer >= 1; got {self.amax_history_len!r}")
+
+    def _check_hadamards(self):
+        for field, roles in HADAMARDS.items():
+            h = getattr(self, field)
+            if h is None:
+                continue
+            if not isinstance(h, Hadamard):
+                raise TypeError(f"Recipe.{field} must be a lowprec.quant.Hadamard or None; got {type(h).__name__}")
+            if self.reuse_forward:
+                raise ValueError(f"Recipe.{field} needs reuse_forward=False (each GEMM transforms its own operands)")
+            for role in roles if field == "fwd_hadamard" else ():
+                q = getattr(self, role)
+                if q is not None and (q.occ is not None or q.estimator.needs_input):
+                    raise ValueError(f"Recipe.{role}: OCC and input-dependent estimators ({q.estimator}) cannot "
+                                     "follow fwd_hadamard (their gradients are elementwise in the untransformed operand)")
 
     def quantizer(self, role: str) -> Quantizer | None:
         """The quantizer a role uses (with ``reuse_forward``, the forward one it reuses)."""
@@ -108,8 +136,10 @@ class Recipe:
         return getattr(self, role)
 
     def needs_key(self) -> tuple[str, ...]:
-        """The roles that round stochastically (their GEMMs need a key)."""
-        return tuple(r for r in ROLES if getattr(self, r) is not None and getattr(self, r).rounding == "stochastic")
+        """The roles that round stochastically and the Hadamard fields with signs from the key
+        (their GEMMs need a key)."""
+        rounding = tuple(r for r in ROLES if getattr(self, r) is not None and getattr(self, r).rounding == "stochastic")
+        return rounding + tuple(f for f in HADAMARDS if getattr(self, f) is not None and getattr(self, f).needs_key)
 
     def delayed_roles(self) -> tuple[str, ...]:
         """The roles scaled from an amax history (``source="delayed"``)."""
@@ -137,6 +167,7 @@ class Recipe:
             parts.append(f"native_fp8={self.native_fp8}")
         if self.fp8_transposes != "auto":
             parts.append(f"fp8_transposes={self.fp8_transposes}")
+        parts += [f"{f.split('_')[0]}_hadamard={getattr(self, f)}" for f in HADAMARDS if getattr(self, f) is not None]
         if self.delayed_roles():
             parts.append(f"amax_history_len={self.amax_history_len}")
         return f"Recipe {self.name or 'custom'}: " + " ".join(parts)
