@@ -43,9 +43,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.recipe = recipe
     c.recipe_rules = (("lm_head", "bf16"),)
     c.data = ml_collections.ConfigDict(dict(
-        source="synthetic" if smoke else "default", seq_len=64 if smoke else 128 if cpu else 512,
+        source="synthetic" if smoke else "pypi_v1", seq_len=64 if smoke else 128 if cpu else 512,
         batch_size=8 if smoke else 16 if cpu else 64, path="",
-        include="", exclude=""))  # sub-sources of the default corpus, comma-separated ("" = all)
+        include="", exclude=""))  # sub-sources of the corpus, comma-separated ("" = all); source "default"
+    # is debian_v1, the default corpus of runs before pypi_v1 (their config.json says "default")
     # Fine-tuning: init_from a run directory (its latest checkpoint; optimizer fresh); mode full |
     # lora | qlora (adapters on layers matching lora_targets over a base stored in base_format) |
     # qat (every weight trains, the targeted ones through base_format's quantizer with

@@ -2,7 +2,7 @@
 
     tok = bpe.train(texts, vocab_size=4096)            # texts: an iterable of str
     tok.save("bpe.json"); tok = bpe.BPETokenizer.load("bpe.json")
-    python -m lowprec.data.bpe --vocab 4096 --out .cache/corpus-bpe4096   # the default corpus
+    python -m lowprec.data.bpe --vocab 4096 --out .cache/corpus-bpe4096   # the default corpus (pypi_v1)
 
 Tokens 0..255 are bytes (0, NUL, separates documents as in the byte tokenizer); token 256 + i
 is merge i. Text is first split into words (a run of letters, digits or other symbols with at
@@ -139,7 +139,7 @@ def train(texts: Iterable[str | bytes], vocab_size: int, min_count: int = 2) -> 
 
 
 def retokenize(corpus, tokenizer: BPETokenizer, out_dir, provenance: dict | None = None):
-    """A prepared corpus directory (loadable with ``data.load("default", path=out_dir)``) holding
+    """A prepared corpus directory (loadable with ``data.load("pypi_v1", path=out_dir)``) holding
     ``corpus`` (a byte-level ``Corpus``) re-tokenized document by document, and ``tokenizer.json``."""
     from lowprec.data.corpus import Document
     from lowprec.data.store import TOKENS_FILE, write_documents, write_meta, write_tokens
@@ -166,15 +166,17 @@ def retokenize(corpus, tokenizer: BPETokenizer, out_dir, provenance: dict | None
 
 
 def main(argv=None) -> None:
+    from lowprec.data import pinned
     from lowprec.data.sources import load
 
     p = argparse.ArgumentParser(prog="python -m lowprec.data.bpe", description=__doc__.splitlines()[0])
     p.add_argument("--vocab", type=int, default=4096)
     p.add_argument("--train-bytes", type=int, default=8 << 20, help="bytes of the training split to learn merges on")
     p.add_argument("--out", required=True, help="directory of the re-tokenized corpus")
+    p.add_argument("--source", default=pinned.DEFAULT, help=f"the corpus to re-tokenize (default: {pinned.DEFAULT})")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    corpus = load("default")
+    corpus = load(args.source)
     train_split, _ = corpus.split()
     fraction = min(1.0, args.train_bytes / train_split.num_tokens)  # an even slice of every training span
     sample = [np.asarray(corpus.tokens[a:a + int((b - a) * fraction)], np.uint8).tobytes().replace(b"\0", b"")
@@ -182,7 +184,7 @@ def main(argv=None) -> None:
     total = sum(map(len, sample))
     log.info("learning %d merges on %.1f MB", args.vocab - 256, total / 1e6)
     tok = train(sample, args.vocab)
-    out = retokenize(corpus, tok, args.out, {"bpe_train_bytes": total})
+    out = retokenize(corpus, tok, args.out, {"bpe_train_bytes": total, "derived_from": args.source})
     log.info("wrote %s (set data.path=%s and model.vocab_size=%d)", out, out, tok.vocab_size)
 
 

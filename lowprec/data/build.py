@@ -36,6 +36,8 @@ class Part:
 
     ``group`` maps a file's path to its split group (files of one group stay together on
     one side of the train/val split); ``content_sha256`` pins the text this part contributes.
+    ``archive`` and ``archive_sha256`` pin the downloaded file (PyPI); ``license`` is that of
+    the text taken.
     """
 
     source: str
@@ -46,6 +48,9 @@ class Part:
     exclude: tuple[str, ...] = ()
     group: Callable[[str], str] = whole_path
     content_sha256: str | None = None
+    archive: str | None = None
+    archive_sha256: str | None = None
+    license: str = ""
 
 
 def normalize(text: bytes, eot: int) -> bytes:
@@ -54,12 +59,13 @@ def normalize(text: bytes, eot: int) -> bytes:
 
 
 def assemble(parts: Sequence[Part], archive_for: Callable[[Part], Path], out: Path, *,
-             expected_sha256: str | None = None, verify: bool = True) -> dict:
+             expected_sha256: str | None = None, verify: bool = True,
+             name: str | None = None) -> dict:
     """Write ``tokens.bin``, ``documents.tsv`` and ``corpus.json`` (last) into ``out``.
 
     ``archive_for`` returns the downloaded archive of a part. With ``verify`` a hash that
     differs from its pin is an error; without, it is logged and recorded in the provenance.
-    Returns the metadata written to ``corpus.json``.
+    ``name`` is recorded as the corpus's name. Returns the metadata written to ``corpus.json``.
     """
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -82,7 +88,8 @@ def assemble(parts: Sequence[Part], archive_for: Callable[[Part], Path], out: Pa
     index_sha = hashlib.sha256((out / store.DOCUMENTS_FILE).read_bytes()).hexdigest()
     tok = ByteTokenizer()
     meta = {
-        "format": 1, "dtype": "uint8", "vocab_size": tok.vocab_size, "eot_id": tok.eot_id,
+        **({"corpus": name} if name else {}), "format": 1, "dtype": "uint8",
+        "vocab_size": tok.vocab_size, "eot_id": tok.eot_id,
         "tokenizer": "bytes", "num_tokens": sum(d.length for d in documents),
         "sha256": corpus_hash.hexdigest(), "documents": len(documents),
         "documents_sha256": index_sha, "parts": records, "sources": _by_source(documents),
@@ -119,9 +126,10 @@ def _write_part(f, part: Part, archive: Path, offset: int, corpus_hash) -> tuple
 
 def _part_record(part: Part, archive: Path, n_files: int, n_bytes: int, sha: str) -> dict:
     return {"source": part.source, "registry": part.registry, "package": part.package,
-            "version": part.version, "archive": archive.name,
+            "version": part.version, "license": part.license, "archive": archive.name,
             "archive_bytes": archive.stat().st_size,
             "archive_sha256": hashlib.sha256(archive.read_bytes()).hexdigest(),
+            "include": list(part.include), "exclude": list(part.exclude),
             "files": n_files, "text_bytes": n_bytes, "content_sha256": sha,
             "pinned_content_sha256": part.content_sha256}
 

