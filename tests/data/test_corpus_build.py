@@ -4,6 +4,7 @@ loading it from a copied directory, and the errors when it is missing or damaged
 import hashlib
 import io
 import json
+import pathlib
 import tarfile
 
 import pytest
@@ -13,6 +14,8 @@ from lowprec.data import debian_v1, groups, pinned, pypi_v1
 from lowprec.data.build import Part, assemble
 from lowprec.data.fetch import FetchError
 from lowprec.data.prepare import main as prepare_main
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _tar_bytes(files: dict, mode: str) -> bytes:
@@ -189,6 +192,9 @@ def test_a_directory_holding_another_corpus_is_refused(archives, tmp_path, monke
     assemble(_parts(), lambda p: archives[p.package], out, name="debian_v1")
     monkeypatch.setenv("LOWPREC_DATA_DIR", str(out))
     assert load("default", fetch=False).sources() == ["docs", "plays"]
+    trained = json.loads((ROOT / "experiments/results/fp4_ablation/occ_bf16/config.json")
+                         .read_text())["data"]  # a run trained before pypi_v1, as it was saved
+    assert len(load(trained["source"], trained["path"] or None, fetch=False).documents) == 5
     with pytest.raises(ValueError, match="holds corpus debian_v1, not pypi_v1.*--corpus pypi_v1"):
         load("pypi_v1", fetch=False)
     meta = json.loads((out / "corpus.json").read_text())  # prepared before names were recorded
