@@ -176,10 +176,12 @@ def _fp4_msamp() -> Recipe:
       (``_apply_quantile_clipping``): ``OCC(index="floor")``;
     - E2M1 rounding by strict ``<`` against the midpoints (``quantize_bf16_kernel``,
       ``quantize.cu``): ties go toward +inf, ``rounding="nearest_up"``;
-    - scale multiplier 2**floor(log2(6/amax)) with margin 0, evaluated in bf16 on the bf16 amax,
-      1 for an all-zero group (``ScalingMeta.compute_scaling_factor``, ``msamp/common/tensor/
-      meta.py``): ``scale="pow2_ceil_bf16"``; the kernels' ``x * sf`` and ``/ sf`` in bf16 are
-      exact (powers of two), as lowprec's fp32 ones are;
+    - scale multiplier 2**floor(log2(6/amax)) with margin 0, evaluated in bf16 on the bf16 amax
+      (TorchScript: ``6 / amax`` is ``reciprocal(amax) * 6``, each rounded to bf16, then log2
+      rounded to bf16), 1 for an all-zero group (``ScalingMeta.compute_scaling_factor``,
+      ``msamp/common/tensor/meta.py``): ``scale="pow2_ceil_bf16"`` (``quant.pow2_bf16``); the
+      kernels' ``x * sf`` and ``/ sf`` in bf16 are exact (powers of two), as lowprec's fp32
+      ones are;
     - DGE on the scaled bf16 weight, k=5, cap 3, f' in fp32 written as bf16, below -6 the
       first interval's formula and above 6 zero (``differentiable_quantize_derivative``,
       ``quantize.cu``), multiplying the weight-gradient GEMM's result (``layers.py``):
@@ -190,9 +192,14 @@ def _fp4_msamp() -> Recipe:
     Not modelled (``layers.py``): the E4M3 per-tensor cast of the FP4-valued operands before
     the FP8 GEMM (exact unless a group's values fall below E4M3's subnormals relative to the
     tensor's largest), the E5M2/E4M3 metas' delayed scaling (16-step amax window after warm-up),
-    and the bf16 rounding of the weight-gradient GEMM's result before the DGE multiply. The
-    layer must compute in bf16 (``QuantDense(dtype="bfloat16")``) to see the bf16 operands the
-    hook quantizes (``input.bfloat16()``, ``weight.bfloat16()``).
+    the forward FP8 GEMM's reduced-precision accumulation (``use_split_accumulator=False``;
+    lowprec accumulates in fp32), and the bf16 rounding of the weight-gradient GEMM's result
+    before the DGE multiply (lowprec rounds the fp32 product once: at most one bf16 ulp apart).
+    Values the kernel rounds to 0 are +0 there and keep their sign here; NaN inputs give 6 and
+    f' = 0 there, NaN here. The layer must compute in bf16 (``QuantDense(dtype="bfloat16")``)
+    to see the bf16 operands the hook quantizes (``input.bfloat16()``, ``weight.bfloat16()``).
+    Tested against a numpy port of the code: ``tests/ops/test_fp4_msamp.py``; the choices and
+    their sources: ``docs/reference/fp4_msamp.md``.
     """
     return fp4(dge_k=5, occ_alpha=0.99, weight_granularity="tile(1,-1)", occ_per="token", compensate=False,
                occ_index="floor", rounding="nearest_up", scale="pow2_ceil_bf16", dge_dtype="bfloat16",

@@ -20,6 +20,7 @@ import dataclasses
 import re
 from typing import Callable
 
+import jax
 import jax.numpy as jnp
 
 from lowprec.formats import Format
@@ -92,7 +93,8 @@ def dge_derivative(xs, fmt: Format, k: float = 5.0, cap: float = 3.0, dtype: str
         if outside == "zero":
             d = jnp.where(below, 0.0, d)
         else:
-            first = fmt.values()[:2]  # the first interval's formula, continued below it
+            with jax.ensure_compile_time_eval():  # constants, also under a trace
+                first = fmt.values()[:2]  # the first interval's formula, continued below it
             t_out = jnp.abs(2.0 * (xs - first[0]) / (first[1] - first[0]) - 1.0)
             d = jnp.where(below, jnp.minimum(cap, t_out ** (1.0 / k - 1.0) / k), d)
     if dtype is not None:

@@ -2,12 +2,17 @@
 
 Azure/MS-AMP's ``ScalingMeta.compute_scaling_factor`` (``msamp/common/tensor/meta.py``), called
 on a bf16 amax by ``FP4_QUANTIZER.quantize_simulate_fp4_in_bf16``, evaluates the multiplier
-``sf = 2**floor(log2(max / amax))`` in bf16: the quotient ``max / amax`` (an fp32 division)
-and its ``log2`` are each rounded to bf16 before the floor. Exactly, ``1 / sf`` is
-``pow2_ceil``'s scale; the roundings make ``sf`` twice that where the quotient lies just below a
-power of two or its log2 just below an integer (e.g. quotients 254 and 255, whose log2 rounds
-to 8): that group's largest magnitudes then land slightly above ``max`` (by at most a factor of
-2**(1/16) for quotients in [2**-15, 2**16]) and saturate.
+``sf = 2**floor(log2(max / amax))`` in bf16. It is a TorchScript function, and TorchScript
+compiles ``float / Tensor`` as ``torch.reciprocal(amax) * max`` (its builtin ``div(Scalar,
+Tensor)``, ``torch/csrc/jit/frontend/builtin_functions.cpp``; eager torch's ``__rtruediv__`` is
+the same), so the quotient is ``bf16(bf16(1 / amax) * max)``: the reciprocal (an fp32
+division) and the product are each rounded to bf16, then ``log2`` of it is rounded to bf16 before
+the floor. Exactly, ``1 / sf`` is ``pow2_ceil``'s scale; the roundings make ``sf`` twice that
+where the quotient lies just below a power of two or its log2 just below an integer (e.g.
+quotients 254 and 255, whose log2 rounds to 8): that group's largest magnitudes then land
+slightly above ``max`` (by at most a factor of 2**(1/16) for quotients in [2**-15, 2**16]) and
+saturate. (One correctly rounded division ``bf16(max / amax)`` would give another multiplier
+for 24 of the bf16 amax values in [2**-125, 2**126), e.g. 0.0236816: quotient 253, not 254.)
 
 Here the result is computed exactly from the bits, without a logarithm: bf16(log2 q) reaches
 the next integer exactly when q's 7-bit mantissa is at least a threshold that depends on q's
@@ -25,6 +30,7 @@ import numpy as np
 from jax import lax
 
 from lowprec.formats import get
+from lowprec.quant import exact
 
 _E8M0 = get("e8m0fnu")
 _EMIN, _EMAX = -126, 127  # exponents of normal bf16 quotients
@@ -56,9 +62,10 @@ _THRESHOLD = _thresholds()
 
 
 def multiplier_exponent(amax, fmax: float) -> jnp.ndarray:
-    """``floor(bf16(log2(bf16(fmax / bf16(amax)))))`` as int32, for finite ``amax > 0``."""
-    a = amax.astype(jnp.float32).astype(jnp.bfloat16).astype(jnp.float32)
-    q = (jnp.float32(fmax) / lax.optimization_barrier(a)).astype(jnp.bfloat16)  # one fp32 division, then bf16
+    """``floor(bf16(log2(bf16(bf16(1 / bf16(amax)) * fmax))))`` as int32, for finite ``amax > 0``."""
+    a = _bf16(amax.astype(jnp.float32))
+    r = _bf16(exact.div(jnp.ones_like(a), a))  # torch.reciprocal in bf16: an fp32 division, then bf16
+    q = (r * jnp.float32(fmax)).astype(jnp.bfloat16)  # the product is exact in fp32 (fmax: 6 or 7)
     bits = lax.bitcast_convert_type(q, jnp.uint16).astype(jnp.int32)
     e = ((bits >> 7) & 0xFF) - 127
     j = bits & 0x7F
@@ -67,9 +74,18 @@ def multiplier_exponent(amax, fmax: float) -> jnp.ndarray:
     return e + up.astype(jnp.int32)
 
 
+def _bf16(x) -> jnp.ndarray:
+    """fp32 ``x`` rounded to bf16 (nearest-even), as fp32, through the bits: a round trip
+    ``astype(bfloat16).astype(float32)`` may be dropped by XLA (excess precision)."""
+    bits = lax.bitcast_convert_type(x.astype(jnp.bfloat16), jnp.uint16).astype(jnp.uint32) << 16
+    return lax.bitcast_convert_type(bits, jnp.float32)
+
+
 def scale(amax, fmax: float) -> jnp.ndarray:
-    """The scale ``1 / sf`` (what lowprec divides by), a power of two in E8M0's range; amax must
-    be finite and positive (an amax below about 6 * 2**-128 overflows the quotient, which the
-    released code turns into an infinite multiplier; here it gives E8M0's smallest scale)."""
+    """The scale ``1 / sf`` (what lowprec divides by), a power of two in E8M0's range, for finite
+    positive amax; the released code's for every bf16 amax in [2**-125, 2**126)
+    (``tests/ops/test_fp4_msamp.py``). Below 2**-125 the code's multiplier is 2**128 or its
+    reciprocal overflows: infinite in bf16 (its outputs are then inf or NaN); here it is E8M0's
+    smallest scale. From 2**126 the bf16 reciprocal is subnormal, which XLA:CPU flushes to 0."""
     n = multiplier_exponent(amax, fmax)
     return _E8M0.decode(jnp.clip(127 - n, 0, 254))
