@@ -26,7 +26,7 @@ from lowprec import data as lpdata
 from lowprec import nn as lpnn
 from lowprec import ptq
 from lowprec.ops import recipes
-from lowprec.train import loop, restore
+from lowprec.train import loop, restore, run_recipes
 
 log = logging.getLogger("evaluate")
 
@@ -47,7 +47,7 @@ def evaluate(run, recipe_names: list[str], batches: list, bytes_per_token: float
     for name in recipe_names:
         model = run.model
         if name is not None:
-            lpnn.assign_recipes(model, [*map(tuple, run.cfg.recipe_rules), (".*", name)])
+            lpnn.assign_recipes(model, [*run_recipes.rules(run.cfg), (".*", name)])
         label = run.cfg.recipe if name is None else name
         result = ptq.loss(model, tqdm(batches, desc=label, unit="batch", disable=not progress, leave=False),
                           bytes_per_token)
@@ -88,8 +88,9 @@ def main(argv=None) -> int:
     if args.batches is not None and args.batches < 1:
         parser.error(f"--batches must be >= 1; got {args.batches}")
     try:
+        run_recipes.check_run(args.run, restore.read_config(args.run))
         run = restore.load_run(args.run, args.step)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, run_recipes.UnknownRunRecipe) as e:
         parser.error(str(e))
     batches, bytes_per_token = held_out(run, args.batches)
     rows = evaluate(run, [None, *args.recipe], batches, bytes_per_token, progress=not args.no_progress)

@@ -29,7 +29,7 @@ from experiments.common import cli_logging, environment
 from launch.sweep import apply_overrides, load_sweep
 from lowprec import data as lpdata
 from lowprec import ptq
-from lowprec.train import loop, restore
+from lowprec.train import loop, restore, run_recipes
 
 log = logging.getLogger("ptq")
 SPEC_FIELDS = ("weights", "method", "targets", "activations", "act_calibration", "percentile", "damp")
@@ -50,6 +50,7 @@ class Checkpoint:
     """A run loaded once: its model, data, loss and bf16 size."""
 
     def __init__(self, path: str, calib_batches: int, eval_batches: int):
+        run_recipes.check_run(path, restore.read_config(path))
         self.path, self.run = path, restore.load_run(path)
         self.model = self.run.model
         self.calib, self.evals, self.bytes_per_token = _batches(self.run, calib_batches, eval_batches)
@@ -201,7 +202,10 @@ def main(argv=None):
             ptq.Spec(**{f: s[f] for f in SPEC_FIELDS})
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
-    rows = run(settings, args.out or None, args.save or None)
+    try:
+        rows = run(settings, args.out or None, args.save or None)
+    except run_recipes.UnknownRunRecipe as e:
+        raise SystemExit(f"error: {e}") from None
     from experiments.reporting.ptq import table, write_report
     print(table(rows))
     if args.out:

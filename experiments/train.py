@@ -1,25 +1,91 @@
 """Train a model from a config: ``python -m experiments.train --config configs/lm.py:smoke --workdir runs/smoke``.
 
-Re-running with the same workdir resumes from its latest checkpoint. Overrides:
-``--config.train.steps=100 --config.recipe=fp8``.
+Re-running with the same workdir resumes from its latest checkpoint, under the same config
+(a changed one is refused, listing the changed fields, unless ``--resume_override``, which the
+run's config_history.jsonl records). Overrides: ``--config.train.steps=100 --config.recipe=fp8``;
+a misspelled field or an impossible value is one line of error before anything starts.
+Ctrl-C or SIGTERM saves a checkpoint and stops (exit status 130 or 143; STATUS says so).
+``--library_logs`` shows orbax's and other libraries' INFO lines (default: warnings only).
 """
 
+import difflib
+import importlib.util
+import os
+import sys
+
+import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
 from lowprec.train import distributed, loop
+from lowprec.train.config_check import ConfigError
 
 config_flags.DEFINE_config_file("config", None, "config file and variant, e.g. configs/lm.py:smoke",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "run directory (created; resumed when it exists)")
+flags.DEFINE_bool("resume_override", False, "resume the workdir's run even where this config differs from its "
+                  "config.json (recorded in config_history.jsonl)")
+flags.DEFINE_bool("library_logs", False, "log libraries' (orbax's, absl's, jax's) INFO lines too")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def unknown_override(argv: list[str]) -> str | None:
+    """The error line for the first ``--config.<path>`` of ``argv`` that the config lacks
+    (its closest match and the fields there), or None."""
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if spec is None and "--config" in argv[:-1]:
+        spec = argv[argv.index("--config") + 1]
+    paths = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    if not spec or not paths:
+        return None
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        return f"--config {spec!r}: no file {path!r}"
+    module_spec = importlib.util.spec_from_file_location("_train_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    cfg = module.get_config(arg or None)
+    for full in paths:
+        node, parts = cfg, full.split(".")
+        for i, part in enumerate(parts):
+            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+                where = ".".join(parts[:i])
+                keys = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+                close = difflib.get_close_matches(part, keys, n=1)
+                hint = f"; did you mean {'.'.join([*parts[:i], close[0]])!r}" if close else ""
+                fields = f"fields of {where or 'the config'}: {', '.join(keys)}" if keys else (
+                    f"{where} is a value, not a group")
+                return f"--config.{full}: unknown config field {full!r}{hint}; {fields}"
+            node = node[part]
+    return None
 
 
 def main(argv):
     del argv
     distributed.maybe_initialize()
-    loop.train(flags.FLAGS.config, flags.FLAGS.workdir)
+    try:
+        result = loop.train(flags.FLAGS.config, flags.FLAGS.workdir, resume_override=flags.FLAGS.resume_override,
+                            library_logs=flags.FLAGS.library_logs)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return loop.exit_code(result)
+
+
+def run(argv: list[str]) -> None:
+    """Checks ``argv``'s config overrides and flags (one line of error each), then trains."""
+    error = unknown_override(argv)
+    if error is None:
+        try:
+            flags.FLAGS(argv)
+        except Exception as e:  # config_flags' errors for bad values come as tracebacks otherwise
+            lines = [line for line in str(e).replace("\\n", "\n").splitlines() if line.strip()]
+            error = f"{type(e).__name__}: {' '.join(lines[-2:]) or e}"
+    if error is not None:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    app.run(main, argv, flags_parser=lambda parsed: parsed[:1])  # flags parsed above
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(sys.argv)

@@ -104,10 +104,11 @@ def trainable_filter(cfg):
 def check_init_from(cfg) -> None:
     """Raises ValueError unless ``finetune.init_from`` is a run with plain parameters of the
     configured model's shapes (read from its config.json, before any model is built)."""
-    from lowprec.train import restore  # restore builds models through the loop, which imports this module
+    from lowprec.train import restore, run_recipes  # restore imports the loop, which imports this module
 
     ft = settings(cfg)
     pre_cfg = restore.read_config(ft.init_from)
+    run_recipes.check_run(ft.init_from, pre_cfg)
     pre_mode = settings(pre_cfg).mode
     if pre_mode in ADAPTER_MODES:
         raise ValueError(f"finetune.init_from {ft.init_from!r} is a {pre_mode} run; start from a run with plain "

@@ -20,8 +20,9 @@ from lowprec.models import llama
 from lowprec.nn import assign_recipes
 from lowprec.ops import recipes
 from lowprec.optim import get_policy
-from lowprec.train import finetune, sharding
-from lowprec.train.checkpoint import Checkpointer, abstract
+from lowprec.train import config_check, distributed, finetune, run_recipes, sharding
+from lowprec.train.checkpoint import Checkpointer, abstract, latest_on_disk
+from lowprec.train.config_check import ConfigError
 from lowprec.train.metrics import MetricsWriter
 from lowprec.train.progress import Progress, model_flops_per_token, peak_flops
 from lowprec.train.rundir import RunDir
@@ -64,7 +65,7 @@ def _check_kernels_fit(cfg, mesh) -> None:
         return
     for _, spec in recipe_rules(cfg):
         if recipes.get(spec).fp8_transposes == "pallas":
-            raise ValueError(f"recipe {spec if isinstance(spec, str) else spec.name!r} has fp8_transposes='pallas', "
+            raise ConfigError(f"recipe {spec if isinstance(spec, str) else spec.name!r} has fp8_transposes='pallas', "
                              f"whose cast-transpose kernel is not partitioned across the mesh's {mesh.devices.size} "
                              "devices: train it on one device (mesh.devices=1), or use fp8_transposes='fused'")
 
@@ -77,8 +78,9 @@ def shard(state, mesh):
 
 
 def recipe_rules(cfg) -> list[tuple]:
-    """qat mode's rule for its targeted layers first, then the config's rules, then its recipe."""
-    return finetune.qat_rules(cfg) + [tuple(r) for r in cfg.recipe_rules] + [(".*", cfg.recipe)]
+    """qat mode's rule for its targeted layers first, then the config's rules, then its recipe;
+    names resolved through the run's recorded definitions (``run_recipes.resolve``)."""
+    return finetune.qat_rules(cfg) + run_recipes.rules(cfg) + [(".*", run_recipes.resolve(cfg, cfg.recipe))]
 
 
 def make_optimizer(cfg, policy):
@@ -90,31 +92,128 @@ def make_optimizer(cfg, policy):
     return policy.optimizer(inner, key=jax.random.key(cfg.seed + 1)), schedule
 
 
-def train(cfg, workdir: str, stop_at: int | None = None) -> dict:
+def train(cfg, workdir: str, stop_at: int | None = None, resume_override: bool = False,
+          library_logs: bool = False) -> dict:
     """Trains (or resumes) the run in ``workdir``; returns the last metrics. STATUS tracks it.
 
+    Checked before anything starts (``ConfigError``, one line; no run directory is made): the
+    config's values and names (``config_check.check``), the mesh and the workdir. Resuming
+    under a config other than the run's config.json is refused, listing the changed fields,
+    unless ``resume_override`` (recorded in config_history.jsonl and log.txt). SIGTERM and
+    SIGINT (Ctrl-C; a second one stops at once) save a checkpoint and stop: the result's
+    ``interrupted`` names the signal, ``exit_code(result)`` is 128 + its number.
     ``stop_at``: leave after that step as SIGTERM would (checkpoint, STATUS stays running),
-    for preemptible time slots; re-running resumes.
+    for preemptible time slots; re-running resumes. ``library_logs``: orbax's and other
+    libraries' INFO lines too (default: WARNING and above).
     """
-    run = RunDir(workdir, writer=jax.process_index() == 0)
-    handler = run.attach_log()
-    run.write_config(cfg.to_dict())
+    t0 = time.perf_counter()
+    config_check.check(cfg, jax.device_count())
+    mesh = make_mesh(cfg)
+    _check_kernels_fit(cfg, mesh)
+    try:
+        run = RunDir(workdir, writer=jax.process_index() == 0)
+    except OSError as e:
+        raise ConfigError(f"workdir {workdir!r} cannot be a run directory: {e.strerror or e}"
+                          + (" (a file is in the way)" if isinstance(e, (FileExistsError, NotADirectoryError)) else "")
+                          ) from None
+    new_config = config_check.run_config(cfg)
+    changed = _resume_changes(run, new_config, resume_override)
+    handler = run.attach_log(library_logs)
+    before, reason = run.status()
+    if before == "failed":  # kept in log.txt: STATUS is rewritten below
+        log.info("the previous attempt failed: %s", reason)
+    if changed:
+        log.warning("resuming under a changed config (resume_override): %s", config_check.describe_changes(changed))
+    run.write_config(new_config)
     run.set_status("running")
     stop = {"signal": None}
-    previous = signal.signal(signal.SIGTERM, lambda s, f: stop.update(signal=s))
+
+    def on_signal(signum, frame):
+        if signum == signal.SIGINT and signal.SIGINT in (stop["signal"], stop.get("asked")):
+            raise KeyboardInterrupt  # a second Ctrl-C: no checkpoint
+        stop["asked"] = signum  # acted on at the next step's agree_on_stop, in every process at one step
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    forget = distributed.on_peer_lost(lambda reason: run.set_status("failed", reason))
     try:
-        result = _train(cfg, run, stop, stop_at)
+        result = _train(cfg, run, mesh, stop, stop_at)
+        if stop["signal"] is None:
+            run.set_status("done")
+        else:
+            how = _stop_name(stop["signal"])
+            if isinstance(stop["signal"], int):
+                result["interrupted"] = how
+                how += f" (exit code {exit_code(result)})"
+            run.set_status("running", f"interrupted by {how} at step {result['step']}; rerun to resume")
+        log.info("%s", summary(result, time.perf_counter() - t0, cfg.data.batch_size * cfg.data.seq_len))
+        return result
     except Exception as e:
+        _log_traceback(handler, e)
         run.set_status("failed", f"{type(e).__name__}: {e}")
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        logging.getLogger().removeHandler(handler)
-    if stop["signal"] is None:
-        run.set_status("done")
-    else:
-        run.set_status("running", f"interrupted ({stop['signal']}) at step {result['step']}; rerun to resume")
-    return result
+        for s, before in previous.items():
+            signal.signal(s, before)
+        forget()
+        run.detach_log(handler)
+
+
+def exit_code(result: dict) -> int:
+    """The exit status of a training process that returned ``result``: 128 + the signal's number
+    for a run stopped by a signal (SIGTERM: 143, SIGINT: 130), else 0."""
+    name = result.get("interrupted")
+    return 128 + int(signal.Signals[name]) if name else 0
+
+
+def summary(result: dict, seconds: float, tokens_per_step: int) -> str:
+    """The end-of-run line: steps, tokens, final train and validation loss, wall time."""
+    parts = [f"run {'interrupted by ' + result['interrupted'] if 'interrupted' in result else 'ended'} at step "
+             f"{result['step']}", f"{result['step'] * tokens_per_step:,} tokens"]
+    for key, label in (("loss", "train loss"), ("val_loss", "val loss"), ("val_quantized_loss", "val loss quantized")):
+        if key in result:
+            parts.append(f"{label} {result[key]:.4f}")
+    parts.append(f"{seconds:.1f}s")
+    return "summary: " + ", ".join(parts)
+
+
+def _stop_name(what) -> str:
+    return signal.Signals(what).name if isinstance(what, int) else str(what)
+
+
+def _resume_changes(run: RunDir, new_config: dict, override: bool) -> dict:
+    """The fields in which ``new_config`` differs from the run's config.json when there is a
+    checkpoint to resume; raises ConfigError listing them unless ``override`` (then recorded)."""
+    old = run.read_config()
+    step = latest_on_disk(run.checkpoints)
+    if old is None or step is None:
+        return {}
+    changed = config_check.changes(old, new_config)
+    if changed and not override:
+        raise ConfigError(f"{run.path} holds a run (checkpoint at step {step}) trained with another config; "
+                          f"changed: {config_check.describe_changes(changed)}. Train it elsewhere (another "
+                          f"workdir), or resume it under this config with resume_override=True "
+                          f"(experiments.train: --resume_override), which config_history.jsonl records")
+    if changed:
+        run.record_config_change({"resumed_from_checkpoint": step, "override": "resume_override",
+                                  "changed": {k: {"old": a, "new": b} for k, (a, b) in changed.items()}})
+    return changed
+
+
+def _log_traceback(handler: logging.Handler, e: BaseException) -> None:
+    """The failure's traceback into log.txt only (the terminal gets it from the raise)."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "run failed: %s: %s", (type(e).__name__, e),
+                            (type(e), e, e.__traceback__))
+    handler.handle(record)
+
+
+def make_mesh(cfg):
+    """The config's mesh: ``mesh.devices`` devices (-1: all) with its axis sizes; ConfigError if they do not fit."""
+    sizes = {k: v for k, v in cfg.mesh.items() if k != "devices"}
+    devices = jax.devices() if cfg.mesh.devices == -1 else jax.devices()[:cfg.mesh.devices]
+    try:
+        return sharding.make_mesh(sizes, devices)
+    except ValueError as e:
+        raise ConfigError(" ".join(f"mesh: {e}".split())) from None
 
 
 @dataclasses.dataclass
@@ -156,12 +255,8 @@ def setup(cfg, mesh, pretrained: bool) -> Setup:
                  full_params, init)
 
 
-def _train(cfg, run: RunDir, stop: dict, stop_at: int | None) -> dict:
-    finetune.check(cfg)
+def _train(cfg, run: RunDir, mesh, stop: dict, stop_at: int | None) -> dict:
     ft = finetune.settings(cfg)
-    sizes = {k: v for k, v in cfg.mesh.items() if k != "devices"}
-    devices = jax.devices() if cfg.mesh.devices == -1 else jax.devices()[:cfg.mesh.devices]
-    mesh = sharding.make_mesh(sizes, devices)
     ckpt = Checkpointer(run.checkpoints, keep=cfg.train.keep_checkpoints)
     resuming = ckpt.latest_step() is not None
     # A resumed fine-tune restores its own checkpoint, never init_from again.
@@ -223,6 +318,8 @@ def _train(cfg, run: RunDir, stop: dict, stop_at: int | None) -> dict:
         done = step + 1
         if stop_at is not None and done >= stop_at:
             stop["signal"] = "stop_at"
+        stop["signal"] = distributed.agree_on_stop(stop.pop("asked", None) or stop["signal"],
+                                                   done % cfg.train.log_every == 0)
         if done % cfg.train.log_every == 0 or done == cfg.train.steps:
             m = jax.device_get(m)
             if not math.isfinite(float(m["loss"])) and policy.loss_scale == "none":
@@ -251,11 +348,12 @@ def _train(cfg, run: RunDir, stop: dict, stop_at: int | None) -> dict:
         if done % cfg.train.eval_every == 0 or done == cfg.train.steps:
             ev = evaluate(eval_step, state.params, evals, mesh, corpus.bytes_per_token, frozen_of(state), state.amax)
             metrics.write(done, "val", ev)
+            log.info("step %d: validation loss %.4f (%.4f bits/byte)", done, ev["loss"], ev["bits_per_byte"])
             last.update({f"val_{k}": v for k, v in ev.items()})
         if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps or stop["signal"]:
             ckpt.save(done, state, {"data": batches.state(), "step": done}, force=bool(stop["signal"]))
         if stop["signal"]:
-            log.warning("%s: saved step %d and stopping", stop["signal"], done)
+            log.warning("%s: saved step %d and stopping", _stop_name(stop["signal"]), done)
             break
     last["step"] = int(jax.device_get(state.step))
     if ft.eval_quantized and start < cfg.train.steps == last["step"]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 from tqdm.auto import tqdm
 
@@ -30,10 +31,12 @@ def model_flops_per_token(mcfg, seq_len: int) -> float:
 
 
 class Progress:
-    """tqdm over steps (or log lines when disabled / not a terminal)."""
+    """tqdm over steps (or log lines when disabled / not a terminal). While the bar is shown,
+    log lines for the terminal are written above it (``tqdm.write``) instead of through it."""
 
     def __init__(self, total: int, start: int, enabled: bool = True):
         self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, disable=not enabled)
+        self._redirected = _redirect_console() if enabled else []
 
     def update(self, step: int, values: dict) -> None:
         self.bar.n = step
@@ -47,3 +50,44 @@ class Progress:
 
     def close(self) -> None:
         self.bar.close()
+        for restore in reversed(self._redirected):
+            restore()
+        self._redirected = []
+
+
+class _AboveBar:
+    """A text stream whose lines tqdm writes above its bars (then redraws them)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        if text:
+            tqdm.write(text, file=self.stream, end="")
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+def _redirect_console() -> list:
+    """Points sys.stdout/stderr and the root logger's console handlers (absl's included) at
+    ``_AboveBar`` streams; returns the undo functions."""
+    undo, streams = [], {}
+    for name in ("stdout", "stderr"):
+        original = getattr(sys, name)
+        if isinstance(original, _AboveBar):
+            continue
+        streams[id(original)] = wrapped = _AboveBar(original)
+        setattr(sys, name, wrapped)
+        undo.append(lambda name=name, original=original: setattr(sys, name, original))
+    for handler in logging.getLogger().handlers:
+        target = getattr(handler, "python_handler", handler)  # absl's ABSLHandler wraps a StreamHandler
+        stream = getattr(target, "stream", None)
+        if isinstance(target, logging.StreamHandler) and id(stream) in streams:
+            target.stream = streams[id(stream)]
+            undo.append(lambda target=target, stream=stream: setattr(target, "stream", stream))
+    return undo

@@ -19,6 +19,7 @@ from lowprec import data as lpdata
 from lowprec.models import llama
 from lowprec.train import finetune, loop, restore
 from lowprec.train.checkpoint import Checkpointer, abstract, fingerprint
+from lowprec.train.config_check import ConfigError
 from lowprec.train.rundir import RunDir, read_metrics
 from .test_train import configure, train_smoke
 
@@ -163,14 +164,14 @@ def test_qat_trains_through_the_quantizer(pretrained, tmp_path):
 
 
 @pytest.mark.parametrize("override, error, message", [
-    ({"finetune.mode": "lorax"}, ValueError, "unknown finetune.mode 'lorax'; known: full, lora, qlora, qat"),
-    ({"finetune.qat_estimator": "sgd"}, ValueError, "unknown finetune.qat_estimator 'sgd'; known: ste, dge"),
-    ({"finetune.mode": "qlora", "finetune.base_format": "nf5"}, ValueError, "finetune.base_format: unknown weight"),
-    ({"finetune.eval_quantized": "int3x"}, ValueError, "finetune.eval_quantized: unknown weight format"),
-    ({"finetune.mode": "lora", "finetune.lora_rank": 0}, ValueError, "lora_rank.*positive integer"),
-    ({"finetune.mode": "lora", "finetune.lora_targets": "attn("}, ValueError, "not a regular expression"),
+    ({"finetune.mode": "lorax"}, ConfigError, "unknown finetune.mode 'lorax'; known: full, lora, qlora, qat"),
+    ({"finetune.qat_estimator": "sgd"}, ConfigError, "unknown finetune.qat_estimator 'sgd'; known: ste, dge"),
+    ({"finetune.mode": "qlora", "finetune.base_format": "nf5"}, ConfigError, "finetune.base_format: unknown weight"),
+    ({"finetune.eval_quantized": "int3x"}, ConfigError, "finetune.eval_quantized: unknown weight format"),
+    ({"finetune.mode": "lora", "finetune.lora_rank": 0}, ConfigError, "lora_rank.*positive integer"),
+    ({"finetune.mode": "lora", "finetune.lora_targets": "attn("}, ConfigError, "not a regular expression"),
     ({"finetune.mode": "lora", "finetune.lora_targets": "lm_hed"}, ValueError, "match no QuantDense layer"),
-    ({"finetune.mode": "lora", "train.telemetry_every": 2}, ValueError, "telemetry_every"),
+    ({"finetune.mode": "lora", "train.telemetry_every": 2}, ConfigError, "telemetry_every"),
     ({"data.include": "shakespeare"}, ValueError, "unknown source 'shakespeare' in include"),
     ({"finetune.init_from": "/nonexistent/run"}, FileNotFoundError, "not a run directory"),
     ({"finetune.init_from": "PRETRAINED", "model.size": "20m"}, ValueError, "model.size='tiny'.*'20m'"),
@@ -178,9 +179,12 @@ def test_qat_trains_through_the_quantizer(pretrained, tmp_path):
 def test_bad_finetune_config_values_are_clear_errors(pretrained, tmp_path, override, error, message):
     override = {k: pretrained if v == "PRETRAINED" else v for k, v in override.items()}
     cfg = configure(lm.get_config("smoke"), {"train.progress": False, "mesh.devices": 1, **override})
-    with pytest.raises(error, match=message):
-        loop.train(cfg, str(tmp_path))
-    assert RunDir(str(tmp_path)).status()[0] == "failed"
+    with pytest.raises(error, match=message) as e:
+        loop.train(cfg, str(tmp_path / "run"))
+    if error is ConfigError:  # found before start-up: no run directory is made
+        assert not (tmp_path / "run").exists()
+    else:
+        assert not isinstance(e.value, ConfigError) and RunDir(str(tmp_path / "run")).status()[0] == "failed"
 
 
 def test_finetune_order_sweep_compares_equal_runs():

@@ -95,16 +95,22 @@ def test_sharded_mesh_matches_one_device(tmp_path):
                                "mesh's 8 devices"),
 ])
 def test_config_errors_are_clear(tmp_path, override, message):
-    with pytest.raises(ValueError, match=message):
-        loop.train(smoke(**override), str(tmp_path))
-    assert RunDir(str(tmp_path)).status()[0] == "failed"
+    with pytest.raises(loop.ConfigError, match=message):  # before start-up: no run directory is made
+        loop.train(smoke(**override), str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
 
 
 def test_unknown_config_key_is_an_error(tmp_path):
     cmd = [sys.executable, "-m", "experiments.train", "--config", "configs/lm.py:smoke",
            "--workdir", str(tmp_path), "--config.train.stepz=3"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert out.returncode != 0 and "stepz" in out.stderr
+    assert out.returncode == 2 and "stepz" in out.stderr
+    # One line naming the field, its closest match and the fields there; no traceback.
+    assert out.stderr.strip().splitlines() == [
+        "error: --config.train.stepz: unknown config field 'train.stepz'; did you mean 'train.steps'; fields of "
+        "train: checkpoint_every, eval_batches, eval_every, keep_checkpoints, log_every, progress, steps, "
+        "telemetry_every"], out.stderr
+    assert not tmp_path.joinpath("config.json").exists()
 
 
 def test_two_process_run(tmp_path):
