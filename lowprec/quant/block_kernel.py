@@ -15,7 +15,8 @@ different. This one uses only exact operations:
 - the block amax is a max of finite magnitudes (inf and NaN count as 0, as ``scaling.amax``);
 - the power-of-two scale comes from the amax's exponent bits (``pow2_floor``, the OCP rule:
   ``2**(floor(log2 amax) - emax)`` clipped to E8M0's range, 1 for an all-zero block), its
-  reciprocal the same way, so ``x * (1/s)`` equals ``x / s``;
+  reciprocal the same way, so ``x * (1/s)`` equals ``x / s``; E8M0's subnormal end, 2**-127,
+  is applied as 2**-126 times 1/2, so the kernel is exact where subnormals are flushed too;
 - rounding onto a format of at most 16 values is a chain of comparisons with the midpoints of
   its grid, each tie going the way the format's own ``quantize`` sends it (nearest-even), and
   values past the largest saturate to it; NaN stays NaN, the sign is the input's (a float
@@ -112,9 +113,8 @@ def block_fake_quant(q, x, *, interpret: bool | None = None):
 
 
 def _pow2(biased):
-    """2**(biased - 127) for integer ``biased`` in 0..254 (0 gives the subnormal 2**-127)."""
-    normal = lax.bitcast_convert_type(jnp.maximum(biased, 1) << 23, jnp.float32)
-    return jnp.where(biased == 0, np.float32(2.0 ** -127), normal)
+    """2**(biased - 127) for integer ``biased`` in 1..254 (a normal number)."""
+    return lax.bitcast_convert_type(biased << 23, jnp.float32)
 
 
 def _kernel(x_ref, y_ref, *, emax, pos, mids, up, signed_zero):
@@ -124,9 +124,13 @@ def _kernel(x_ref, y_ref, *, emax, pos, mids, up, signed_zero):
     biased = (lax.bitcast_convert_type(am, jnp.int32) >> 23) & 0xFF
     k = jnp.clip(biased - emax, 0, 254)
     zero = am == 0
-    s = jnp.where(zero, 1.0, _pow2(k))
-    inv = jnp.where(zero, 1.0, _pow2(254 - k))
-    xs = jnp.abs(x * inv)
+    # Scales 2**-127 (k = 0) and inverses 2**-127 (k = 254) are subnormal: each is applied as two
+    # normal factors, 2**-126 then 1/2, so that it is exact where subnormals are flushed too.
+    s_hi = jnp.where(zero, 1.0, _pow2(jnp.maximum(k, 1)))
+    s_lo = jnp.where(~zero & (k == 0), np.float32(0.5), np.float32(1.0))
+    inv_hi = jnp.where(zero, 1.0, _pow2(jnp.maximum(254 - k, 1)))
+    inv_lo = jnp.where(~zero & (k == 254), np.float32(0.5), np.float32(1.0))
+    xs = jnp.abs(x * inv_hi * inv_lo)
     q = jnp.zeros_like(xs)
     for v, m, tie_up in zip(pos[1:], mids, up):
         q = jnp.where(xs >= m if tie_up else xs > m, v, q)
@@ -134,4 +138,4 @@ def _kernel(x_ref, y_ref, *, emax, pos, mids, up, signed_zero):
     if not signed_zero:  # integer grids have no -0
         sign = jnp.where(q == 0, np.uint32(0), sign)
     q = lax.bitcast_convert_type(lax.bitcast_convert_type(q, jnp.uint32) | sign, jnp.float32)
-    y_ref[...] = jnp.where(x != x, x, q * s)
+    y_ref[...] = jnp.where(x != x, x, q * s_hi * s_lo)

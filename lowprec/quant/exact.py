@@ -9,8 +9,9 @@ from their bits instead:
 - ``factors(s)`` and ``inverse_factors(s)`` give two normal fp32 numbers whose product is ``s``
   and ``1/s`` correctly rounded to 24 bits (with an unbounded exponent: ``1/s`` exceeds fp32's
   range for ``s < 2**-128``). Applied one after the other, ``(x * hi) * lo`` is ``x * s``
-  correctly rounded wherever that result is a normal number. For ``2**-126 <= |s| < 2**126``
-  (every normal-range scale) they are ``(s, 1)`` and ``(1/s, 1)``: the same bits as one multiply.
+  correctly rounded wherever that result is a normal number (both factors push the same way, so
+  the intermediate lies between ``x`` and the result). For ``2**-63 <= |s| < 2**63`` they are
+  ``(s, 1)`` and ``(1/s, 1)``: the same bits as one multiply.
 
 The helpers work on scale-sized arrays; what runs per element is two multiplies (``apply``).
 """
@@ -25,7 +26,11 @@ from lowprec.formats import _bits
 
 _U32, _I32 = jnp.uint32, jnp.int32
 MIN_NORMAL = 2.0 ** -126
-_SPLIT = 126  # scales outside [2**-126, 2**126) are split off a factor 2**(+-126)
+# Scales outside [2**-63, 2**63) are split off a factor 2**(+-63): the factor applied first
+# then stays within 2**+-86 of 1, so a constant that XLA folds into it (a format's decode or
+# quantize multiplies by one, e.g. mxint8's 2**-6, and XLA merges it with a broadcast factor)
+# cannot push it out of the normal range.
+_SPLIT = 63
 
 
 def pow2(e) -> jax.Array:
@@ -33,13 +38,24 @@ def pow2(e) -> jax.Array:
     return lax.bitcast_convert_type((jnp.asarray(e, _I32) + 127) << 23, jnp.float32)
 
 
+def is_zero(x) -> jax.Array:
+    """``x == 0`` (either sign) from the bits of fp32 ``x``, subnormals being nonzero on every backend.
+
+    Written as exponent field plus significand field equal to 0: LLVM, which assumes IEEE
+    subnormals, turns ``(bits & 0x7FFFFFFF) == 0`` (and the two fields tested apart) back into
+    a float comparison, which XLA:CPU's flush-to-zero mode answers as if a subnormal were 0."""
+    b = lax.bitcast_convert_type(jnp.asarray(x, jnp.float32), _U32)
+    return ((b >> 23) & 0xFF) + (b & 0x7FFFFF) == 0
+
+
 def _fields(x):
     """(sign bit, normalized significand N in [2**23, 2**24) as uint32, floor(log2|x|), is_zero,
     is_finite) of fp32 ``x`` from its bits (subnormals included)."""
-    sign, sig, ulp_exp, flog2, is_nan, is_inf, is_zero = _bits.split(x)
+    sign, sig, ulp_exp, flog2, is_nan, is_inf, _ = _bits.split(x)
+    zero = is_zero(x)  # not split's: see is_zero
     top = flog2 - ulp_exp  # position of the leading bit of sig
     n = _bits.shift(sig, 23 - top)
-    return sign, n, flog2, is_zero, ~(is_nan | is_inf)
+    return sign, n, flog2, zero, ~(is_nan | is_inf)
 
 
 def _unit(n):
@@ -94,17 +110,32 @@ def _subnormal(sign, v, t, tie_side):
     return lax.bitcast_convert_type(k | (sign << 31), jnp.float32)
 
 
+@jax.custom_batching.custom_vmap
+def _quotient(a, b):
+    """``a / b`` as one IEEE division: the divisor behind an optimization barrier, so that XLA
+    cannot see it as a constant or a broadcast and multiply by its reciprocal instead."""
+    return a / lax.optimization_barrier(b)
+
+
+@_quotient.def_vmap
+def _quotient_vmap(axis_size, in_batched, a, b):
+    # Under vmap an unbatched divisor would be broadcast after the barrier (and then rewritten
+    # into a reciprocal multiply): broadcast both operands first.
+    a, b = (x if batched else jnp.broadcast_to(x, (axis_size,) + x.shape) for x, batched in zip((a, b), in_batched))
+    return _quotient(a, b), True
+
+
 def div(a, b) -> jax.Array:
     """IEEE fp32 ``a / b``, correctly rounded, gradual underflow included, on every backend.
 
     Normal operands with a normal quotient take one division (hidden from XLA's rewrite into a
     multiplication by the reciprocal, which rounds twice); the rest are computed from the bits."""
     a, b = jnp.broadcast_arrays(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32))
-    plain = a / lax.optimization_barrier(b)
+    plain = _quotient(a, b)
     sa, na, ea, za, fa = _fields(a)
     sb, nb, eb, zb, fb = _fields(b)
     sign = sa ^ sb
-    v = _unit(na) / lax.optimization_barrier(_unit(nb))  # A/B rounded to 24 bits, in (1/2, 2]
+    v = _quotient(_unit(na), _unit(nb))  # A/B rounded to 24 bits, in (1/2, 2]
     e = ea - eb
     ev = e + jnp.where(v < 1, -1, jnp.where(v >= 2, 1, 0))
     normal = _scale_pow2(v, e)
@@ -146,32 +177,34 @@ def mul(a, b) -> jax.Array:
 
 
 def _is_subnormal(x):
-    bits = lax.bitcast_convert_type(x, _U32) & _bits.MAG_MASK
-    return (bits != 0) & (bits < 0x800000)
+    b = lax.bitcast_convert_type(x, _U32)
+    return (((b >> 23) & 0xFF) == 0) & ~is_zero(x)
 
 
 def _normalized(s):
-    """(s_n, k) with ``s = s_n * 2**k`` exactly, k in {-126, 0, 126}: s_n = s for
-    2**-126 <= |s| < 2**126 (and 0, inf, NaN), else s_n within [2**-23, 4)."""
+    """(s_n, k) with ``s = s_n * 2**k`` exactly, k in {-63, 0, 63}: s_n = s for
+    2**-63 <= |s| < 2**63 (and 0, inf, NaN), else s_n within [2**-86, 2**65)."""
     s = jnp.asarray(s, jnp.float32)
-    bits = lax.bitcast_convert_type(s, _U32)
-    field = (bits >> 23) & 0xFF
-    man = (bits & 0x7FFFFF).astype(_I32).astype(jnp.float32) * (2.0 ** -23)  # |s| * 2**126 if subnormal
-    small = (field == 0) & ((bits & 0x7FFFFF) != 0)
+    b = lax.bitcast_convert_type(s, _U32)
+    field = (b >> 23) & 0xFF
+    man = (b & 0x7FFFFF).astype(_I32).astype(jnp.float32) * (2.0 ** -23)  # |s| * 2**126 if subnormal
+    sub = jnp.where((b >> 31) == 1, -man, man) * 2.0 ** (_SPLIT - 126)  # s * 2**63, no subnormal operand
+    small = (field < 127 - _SPLIT) & ~is_zero(s)
     large = (field >= 127 + _SPLIT) & (field < 255)
-    s_n = jnp.where(small, jnp.where((bits >> 31) == 1, -man, man), jnp.where(large, s * 2.0 ** -_SPLIT, s))
+    s_n = jnp.where(small, jnp.where(field == 0, sub, s * 2.0 ** _SPLIT), jnp.where(large, s * 2.0 ** -_SPLIT, s))
     return s_n, jnp.where(small, -_SPLIT, jnp.where(large, _SPLIT, 0))
 
 
 def factors(s) -> tuple[jax.Array, jax.Array]:
-    """(hi, lo), normal, with ``hi * lo == s`` exactly and lo a power of two (1 in the normal range)."""
+    """(hi, lo), normal, with ``hi * lo == s`` exactly and lo a power of two (1 for
+    2**-63 <= |s| < 2**63)."""
     s_n, k = _normalized(s)
     return s_n, pow2(k)
 
 
 def inverse_factors(s) -> tuple[jax.Array, jax.Array]:
     """(hi, lo), normal, whose product is ``1/s`` rounded to 24 bits; lo a power of two (1 for
-    2**-126 <= |s| < 2**126, where hi is the correctly rounded fp32 ``1/s``). A zero scale
+    2**-63 <= |s| < 2**63, where hi is the correctly rounded fp32 ``1/s``). A zero scale
     gets the inverse 0, so that a group with that scale quantizes to zeros, never 0 * inf."""
     s_n, k = _normalized(s)
     hi = div(jnp.ones_like(s_n), s_n)

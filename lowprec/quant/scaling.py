@@ -16,7 +16,8 @@ even where it exceeds fp32's range (below 2**-128). The output then equals the r
 exactly wherever that output is a normal fp32 number; where it is subnormal it is 0 on XLA:CPU
 and at most one subnormal step from it elsewhere; it is never NaN for finite input, and a scale
 that underflows to 0 (possible only for formats whose max exceeds 2**23) quantizes its group
-to zeros. What no rule can fix: XLA:CPU flushes subnormal fp32 *inputs* and *outputs* of float
+to zeros. The same holds under ``vmap`` and for the Pallas block kernel (see
+``docs/reference/subnormal_scales.md``). What no rule can fix: XLA:CPU flushes subnormal fp32 *inputs* and *outputs* of float
 operations to zero, so there a tensor whose values are fp32 subnormals (below 2**-126, about
 1.2e-38) reads as zeros, and outputs below 2**-126 come out as zeros.
 """
@@ -120,8 +121,7 @@ def scale_from_amax(am, fmt: Format, rule) -> jax.Array:
     else:
         sfmt = get(rule)
         s = sfmt.quantize(exact_div(safe, fmt.max))
-        nonzero = (lax.bitcast_convert_type(s, jnp.uint32) & 0x7FFFFFFF) != 0  # bits: a subnormal is > 0
-        s = jnp.where(nonzero, s, sfmt.tiny if hasattr(sfmt, "tiny") else 1.0)
+        s = jnp.where(exact.is_zero(s), sfmt.tiny if hasattr(sfmt, "tiny") else 1.0, s)  # a subnormal is > 0
     return jnp.where(zero, 1.0, s)
 
 
