@@ -2,13 +2,18 @@
 
 Claims make runners share a sweep safely: a run is taken by creating ``<run>/.claim`` with
 ``O_CREAT | O_EXCL`` (host, pid, time) and released when it ends; a claim left by a dead
-process of this host is stale and taken over. Each run's output goes to ``<run>/stdout.txt``,
-and ``<run>/runner.log`` records every start and end. A run whose process dies without writing
-its STATUS is marked ``failed`` with the exit code and the output's last lines.
+process of this host (its runner and its training process both gone or zombies; processes are
+told apart by pid and start time, so a reused pid is no owner) is stale and taken over under a
+lock (``<run>/.claim.lock``, flock), so that two runners never both take it; a claim left empty
+by a runner killed while writing it is stale after ``EMPTY_CLAIM_STALE_S``. Each run's output
+goes to ``<run>/stdout.txt``, and ``<run>/runner.log`` records every start and end. A run whose
+process dies without writing its STATUS is marked ``failed`` with the exit code and the
+output's last lines.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -21,6 +26,7 @@ import time
 from lowprec.train.rundir import RunDir
 
 CLAIM = ".claim"
+EMPTY_CLAIM_STALE_S = 60.0  # an empty claim this old was left by a runner killed while writing it
 STOP_GRACE_S = 120  # how long stopped runs get to save their checkpoint before they are killed
 # A run whose accelerator backend failed to start is started again this many times, after a pause.
 START_FAILURES = ("Unable to initialize backend 'cuda'", "Unable to initialize backend 'rocm'")
@@ -72,52 +78,95 @@ def slots(parallel: int | None, devices: str | None, gpus_per_run: int = 1) -> l
 
 
 # ---- claims ----
-def _alive(pid: int) -> bool:
+def _stat(pid: int) -> tuple[str, str] | None:
+    """(state, start time in clock ticks since boot) of process ``pid`` from /proc, or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return fields[0], fields[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _started(pid: int) -> str | None:
+    """When process ``pid`` started, or None where unknown: with the pid it identifies a process
+    even after the pid is reused."""
+    stat = _stat(pid)
+    return stat[1] if stat else None
+
+
+def _alive(pid: int, started: str | None = None) -> bool:
+    """Whether process ``pid`` (started at ``started``, where known) still runs: a zombie (killed,
+    not yet reaped, e.g. orphaned in a container whose init reaps nothing) does not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # it exists, owned by someone else
+        pass
+    stat = _stat(pid)
+    if stat is None:  # no /proc: the pid is all there is to go by
         return True
-    return True
+    return stat[0] not in ("Z", "X") and (started is None or stat[1] == started)  # else another process
 
 
 def claim(run_path: str) -> bool:
     """Atomically claims the run for this process; takes over a stale claim: one of this host
-    whose runner and training processes are both gone."""
+    whose runner and training processes are both gone, or one left empty (its runner died while
+    writing it) for ``EMPTY_CLAIM_STALE_S``. Runners of this host check and take over under a
+    lock, so two finding one stale claim never both win."""
     os.makedirs(run_path, exist_ok=True)
     path = os.path.join(run_path, CLAIM)
-    for _ in range(2):
+    with open(path + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            owner = read_claim(run_path)
-            if owner is None:  # being written right now (or vanished): someone else is on it
+            if not _stale(run_path, path):
                 return False
-            pids = [int(owner.get(k, -1)) for k in ("pid", "child")]
-            if owner.get("host") != socket.gethostname() or any(_alive(pid) for pid in pids if pid > 0):
-                log.info("%s is claimed by %s pid %s since %s (if that runner is gone, delete %s)",
-                         os.path.basename(run_path), owner.get("host"), owner.get("pid"),
-                         time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(owner.get("time", 0))), path)
-                return False
-            log.info("taking over the stale claim of %s (its runner pid %s and training pid %s of this host are gone)",
-                     run_path, owner.get("pid"), owner.get("child"))
-            try:
+            try:  # its owner may release it meanwhile (release takes no lock)
                 os.remove(path)
             except FileNotFoundError:
                 pass
-            continue
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:  # a runner that takes no lock (another host, an older version)
+                return False
         with os.fdopen(fd, "w") as f:
-            json.dump({"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}, f)
+            json.dump({"host": socket.gethostname(), "pid": os.getpid(), "started": _started(os.getpid()),
+                       "time": time.time()}, f)
+    return True
+
+
+def _stale(run_path: str, path: str) -> bool:
+    """Whether the existing claim at ``path`` may be taken over (logged either way)."""
+    owner = read_claim(run_path)
+    name = os.path.basename(run_path)
+    if owner is None:  # being written right now, or its runner died while writing it
+        try:
+            age = time.time() - os.stat(path).st_mtime
+        except FileNotFoundError:
+            return True
+        if age < EMPTY_CLAIM_STALE_S:
+            return False
+        log.info("taking over the empty claim of %s (left %.0f s ago)", run_path, age)
         return True
-    return False
+    alive = [int(owner[k]) for k in ("pid", "child") if int(owner.get(k, -1)) > 0
+             and _alive(int(owner[k]), owner.get("started" if k == "pid" else "child_started"))]
+    if owner.get("host") != socket.gethostname() or alive:
+        log.info("%s is claimed by %s pid %s since %s (if that runner is gone, delete %s)", name, owner.get("host"),
+                 owner.get("pid"), time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(owner.get("time", 0))), path)
+        return False
+    log.info("taking over the stale claim of %s (its runner pid %s and training pid %s of this host are gone)",
+             run_path, owner.get("pid"), owner.get("child"))
+    return True
 
 
 def note_child(run_path: str, child_pid: int) -> None:
     """Adds the training process to this runner's claim: a training process that outlives its
     runner (killed with SIGKILL) keeps the claim alive, so no second runner starts the run."""
     path = os.path.join(run_path, CLAIM)
-    record = dict(read_claim(run_path) or {}, child=child_pid)
+    record = dict(read_claim(run_path) or {}, child=child_pid, child_started=_started(child_pid))
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
         json.dump(record, f)
@@ -134,7 +183,7 @@ def read_claim(run_path: str) -> dict | None:
 
 
 def release(run_path: str) -> None:
-    try:
+    try:  # the lock file stays: removing it could give two runners two different locks
         os.remove(os.path.join(run_path, CLAIM))
     except FileNotFoundError:
         pass
