@@ -56,7 +56,8 @@ def dot_general(lhs, rhs, dimension_numbers, recipe: Recipe | str = "none", key=
     lhs, rhs = jnp.asarray(lhs), jnp.asarray(rhs)
     stochastic = recipe.needs_key()
     if stochastic and key is None:
-        raise ValueError(f"recipe {recipe.name or recipe} draws random bits in {', '.join(stochastic)}: "
+        what = "rounds stochastically" if set(stochastic) <= set(ROLES) else "draws random bits"
+        raise ValueError(f"recipe {recipe.name or recipe} {what} in {', '.join(stochastic)}: "
                          "pass key=jax.random.key(...)")
     dtype = jnp.result_type(lhs.dtype, rhs.dtype)
     cfg = _Config(
