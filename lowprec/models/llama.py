@@ -34,8 +34,10 @@ class LlamaConfig:
     # logits scaled by d_model^-0.5: the table is initialized N(0, 1) for the lookup, and the
     # scale gives the head the untied head's N(0, 1/d_model) (as T5 does).
     tie_embeddings: bool = False
+    scale_tied_logits: bool = True   # False: the tied head's logits unscaled (checkpoints made elsewhere)
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
+    d_head: int = 0                  # width of a head; 0: d_model // n_heads
     dtype: str = "bfloat16"          # compute dtype of activations
     param_dtype: str = "float32"     # storage dtype of parameters
     remat: bool = False
@@ -44,14 +46,16 @@ class LlamaConfig:
                                      # or None: cudnn on GPU for bf16/fp16 activations, else xla (logged)
 
     def __post_init__(self):
-        if self.d_model % self.n_heads:
+        if self.d_head < 0:
+            raise ValueError(f"d_head={self.d_head} must be positive, or 0 for d_model // n_heads")
+        if not self.d_head and self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads={self.n_heads} must be divisible by n_kv_heads={self.n_kv_heads}")
 
     @property
     def head_dim(self) -> int:
-        return self.d_model // self.n_heads
+        return self.d_head or self.d_model // self.n_heads
 
     def num_params(self) -> int:
         d, f, v, hd = self.d_model, self.d_ff, self.vocab_size, self.head_dim
@@ -238,7 +242,7 @@ class Llama(nnx.Module):
         x_BxLxD = self.final_norm(run(self.blocks, x_BxLxD, layer_keys))
         if self.cfg.tie_embeddings:
             logits = self.lm_head(x_BxLxD, table, key=_key(key, self.cfg.n_layers)).astype(jnp.float32)
-            return logits * self.cfg.d_model ** -0.5
+            return logits * self.cfg.d_model ** -0.5 if self.cfg.scale_tied_logits else logits
         return self.lm_head(x_BxLxD, key=_key(key, self.cfg.n_layers)).astype(jnp.float32)
 
 
