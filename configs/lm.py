@@ -34,7 +34,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.model = ml_collections.ConfigDict(dict(size=size, vocab_size=256, tie_embeddings=False, remat=False,
-                                             attention=""))  # "" (auto), "xla" or "cudnn"
+                                             attention="",  # "" (auto), "xla" or "cudnn"
+                                             scan_unroll=0))  # layers per scan iteration; 0: all (fastest step)
     # Precision policy (lp.optim.PRESETS or "param=..,compute=..,master=..,loss_scale=.."):
     # fp32 parameters with bf16 compute by default.
     c.policy = "mixed_bf16"

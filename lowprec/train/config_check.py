@@ -27,8 +27,9 @@ RANGES = (
     ("optim.min_lr_ratio", 0, 1, False), ("optim.b1", 0, 1, False), ("optim.b2", 0, 1, False),
 )
 OPEN_AT = {"optim.lr": "low", "optim.eps": "low", "optim.clip_norm": "low", "optim.b1": "high", "optim.b2": "high"}
-# Fields a resumed run may change without an override: they do not change what is computed.
-RESUME_FREE = ("train.progress",)
+# Fields a resumed run may change without an override: they do not change what is computed
+# (scan_unroll: the same layers, compiled with or without a loop; absent from older runs).
+RESUME_FREE = ("train.progress", "model.scan_unroll")
 
 
 class ConfigError(ValueError):

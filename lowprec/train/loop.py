@@ -42,6 +42,7 @@ def make_model(cfg):
     """(LlamaConfig, Policy, model) of ``cfg``, its recipes assigned, its parameters initialized from ``cfg.seed``."""
     policy = get_policy(cfg.policy)
     mcfg = llama.config_for(cfg.model.size, tie_embeddings=cfg.model.tie_embeddings, remat=cfg.model.remat,
+                            scan_unroll=cfg.model.get("scan_unroll", 0),
                             dtype=policy.compute_dtype, param_dtype=policy.param_dtype,
                             vocab_size=cfg.model.vocab_size, attention=cfg.model.attention or None)
     model = llama.Llama(mcfg, nnx.Rngs(cfg.seed))
