@@ -29,3 +29,18 @@ def test_local_links_resolve():
         for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text()):
             if "://" not in target:
                 assert (path.parent / target).exists(), f"{path.name}: broken link {target}"
+
+
+def test_training_guide_lists_every_config_field():
+    from configs import lm
+
+    def leaves(cfg, prefix=""):
+        for key, value in cfg.items():
+            if hasattr(value, "items"):
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield prefix + key
+
+    guide = (ROOT / "docs" / "training.md").read_text()
+    missing = [f for f in leaves(lm.get_config("20m")) if f"`{f}`" not in guide]
+    assert not missing, f"docs/training.md lacks config fields: {', '.join(missing)}"
