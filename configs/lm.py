@@ -32,7 +32,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     check_variant(arg, parts, size, recipe)
 
     c = ml_collections.ConfigDict()
-    c.seed = 0
+    c.seed = 0  # initialization, dropout and every other random stream; the data order too unless data_seed
+    c.data_seed = -1  # the data order (batch permutation) alone; -1: the same as seed
     c.model = ml_collections.ConfigDict(dict(size=size, vocab_size=256, tie_embeddings=False, remat=False,
                                              attention="",  # "" (auto), "xla" or "cudnn"
                                              scan_unroll=0))  # layers per scan iteration; 0: all (fastest step)

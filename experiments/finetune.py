@@ -5,6 +5,7 @@ The same loop as ``experiments.train`` (re-running resumes the fine-tune from it
 never from ``init_from`` again); at the end it prints the trainable parameter count, the memory
 of a step beside full fine-tuning's, and the domain validation loss (and, with
 ``--config.finetune.eval_quantized=<format>``, the loss with the weights rounded to it).
+Ctrl-C or SIGTERM saves a checkpoint and stops (exit status 130 or 143; STATUS says so).
 Modes, formats and the order study: ``configs/lm.py`` and ``configs/finetune_order.py``.
 """
 
@@ -47,6 +48,7 @@ def main(argv):
     cfg = flags.FLAGS.config
     result = loop.train(cfg, flags.FLAGS.workdir)
     print(summary(cfg, result))
+    return loop.exit_code(result)  # 143 / 130 after SIGTERM / SIGINT (checkpoint saved), as experiments.train
 
 
 if __name__ == "__main__":

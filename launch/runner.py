@@ -8,7 +8,8 @@ lock (``<run>/.claim.lock``, flock), so that two runners never both take it; a c
 by a runner killed while writing it is stale after ``EMPTY_CLAIM_STALE_S``. Each run's output
 goes to ``<run>/stdout.txt``, and ``<run>/runner.log`` records every start and end. A run whose
 process dies without writing its STATUS is marked ``failed`` with the exit code and the
-output's last lines.
+output's last lines; one stopped by a signal (SIGTERM: exit 143, SIGINT: 130) keeps its STATUS
+(running, "interrupted by ..."): it resumes when re-run.
 """
 
 from __future__ import annotations
@@ -236,6 +237,13 @@ def _tail(path: str, lines: int = 15) -> str:
         return ""
 
 
+def _recorded_end(status: str | None, reason: str, rewritten: bool) -> bool:
+    """Whether a run that exited non-zero wrote why in its STATUS (``rewritten``: since it started):
+    failed with its reason, or stopped by a signal (exit 143 / 130, STATUS running, "interrupted
+    by ..."; it resumes when re-run)."""
+    return rewritten and (status == "failed" or (status == "running" and reason.startswith("interrupted by ")))
+
+
 # ---- the runner ----
 class Runner:
     """Runs ``runs`` (``launch.sweep.Run``) on ``slot_devices`` (see :func:`slots`); ``run()``
@@ -329,7 +337,7 @@ class Runner:
             out.close()
             del self.running[slot]
             status, reason = read_status(run.path)
-            if rc != 0 and (status != "failed" or status_stamp(run.path) == stamp):
+            if rc != 0 and not _recorded_end(status, reason, status_stamp(run.path) != stamp):
                 # The process died without recording why (killed, or before the trainer began).
                 reason = f"exit code {rc}; last output:\n{_tail(os.path.join(run.path, 'stdout.txt'))}"
                 RunDir(run.path).set_status("failed", reason)

@@ -3,7 +3,8 @@
 ``check`` raises one ``ConfigError`` line naming the field and its allowed values for a value
 that could not train (``train.steps=0``, an unknown recipe, format or estimator), before any
 model is built or run directory made. ``changes`` lists what differs between the config a run
-was trained with (its config.json) and the one it is resumed with.
+was trained with (its config.json) and the one it is resumed with. ``data_seed`` resolves the
+seed of the data order (``data_seed``, or ``seed`` where it is -1).
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ OPEN_AT = {"optim.lr": "low", "optim.eps": "low", "optim.clip_norm": "low", "opt
 # Fields a resumed run may change without an override: they do not change what is computed
 # (scan_unroll: the same layers, compiled with or without a loop; absent from older runs).
 RESUME_FREE = ("train.progress", "model.scan_unroll")
+# Fields added after runs were recorded, with their defaults: a field absent from a run's
+# config.json stands for this value there, so resuming under the default is no change.
+# (data_seed -1: the data order follows seed, as every run before the field did.)
+ADDED_DEFAULTS = {"data_seed": -1}
 
 
 class ConfigError(ValueError):
@@ -41,6 +46,9 @@ def check(cfg, device_count: int | None = None) -> None:
     model size, policy, recipe, recipe rule pattern or finetune field (formats, estimators)."""
     for field, lo, hi, integer in RANGES:
         _check_range(cfg, field, lo, hi, integer)
+    value = cfg.get("data_seed", -1)
+    if not isinstance(value, int) or isinstance(value, bool) or value < -1:
+        raise ConfigError(f"data_seed must be an integer >= 0, or -1 (the same as seed); got {value!r}")
     if cfg.data.batch_size % cfg.optim.grad_accum:
         raise ConfigError(f"optim.grad_accum={cfg.optim.grad_accum} must divide data.batch_size="
                           f"{cfg.data.batch_size}")
@@ -64,6 +72,14 @@ def check(cfg, device_count: int | None = None) -> None:
             run_recipes.resolve(cfg, name)
         except ValueError as e:
             raise ConfigError(_one_line(str(e))) from None
+
+
+def data_seed(cfg) -> int:
+    """The seed of the data order (the batch permutation): ``cfg.data_seed``, or ``cfg.seed``
+    where it is -1 or absent, so a sweep over ``seed`` with ``data_seed`` fixed varies only the
+    initialization (and the other random streams ``seed`` sets)."""
+    value = cfg.get("data_seed", -1)
+    return cfg.seed if value == -1 else value
 
 
 def _check_range(cfg, field: str, lo, hi, integer: bool) -> None:
@@ -95,10 +111,11 @@ def run_config(cfg) -> dict:
 
 def changes(old: dict, new: dict) -> dict[str, tuple]:
     """``{field: (old value, new value)}`` where the configs differ (``"<absent>"`` for a field
-    only one has), less ``RESUME_FREE``; recipe definitions compared by name; a run recorded
-    before definitions were (none in ``old``) is compared on its fields alone."""
+    only one has), less ``RESUME_FREE``; a field of ``ADDED_DEFAULTS`` absent from one side is
+    its default there; recipe definitions compared by name; a run recorded before definitions
+    were (none in ``old``) is compared on its fields alone."""
     recorded = run_recipes.FIELD in old
-    old, new = _flat(old), _flat(new)
+    old, new = ({**ADDED_DEFAULTS, **_flat(c)} for c in (old, new))
     if not recorded:
         new = {k: v for k, v in new.items() if not k.startswith(run_recipes.FIELD)}
     out = {}

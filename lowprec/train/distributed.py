@@ -202,3 +202,13 @@ def agree_on_stop(signal, sync_point: bool):
         return None
     mine = _pending_stop.pop() if _pending_stop else None
     return mine or f"stop requested by process {int(np.argmax(asked))}"
+
+
+def gather_flags(value: int) -> list[int]:
+    """Every process's ``value`` (an int), in process order: a collective that each process must
+    reach (so it is also a barrier); one process: ``[value]``, no collective."""
+    if jax.process_count() == 1:
+        return [int(value)]
+    from jax.experimental import multihost_utils
+
+    return [int(v) for v in np.asarray(multihost_utils.process_allgather(np.int32(value))).reshape(-1)]

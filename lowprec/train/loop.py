@@ -183,13 +183,17 @@ def _stop_name(what) -> str:
 
 def _resume_changes(run: RunDir, new_config: dict, override: bool) -> dict:
     """The fields in which ``new_config`` differs from the run's config.json when there is a
-    checkpoint to resume; raises ConfigError listing them unless ``override`` (then recorded)."""
+    checkpoint to resume; raises ConfigError listing them unless ``override`` (then recorded).
+    Every process decides from the files as they were before process 0 rewrites config.json
+    (``gather_flags`` is the barrier), and all refuse if any one does."""
     old = run.read_config()
     step = latest_on_disk(run.checkpoints)
-    if old is None or step is None:
-        return {}
-    changed = config_check.changes(old, new_config)
-    if changed and not override:
+    changed = config_check.changes(old, new_config) if old is not None and step is not None else {}
+    refused = [i for i, bad in enumerate(distributed.gather_flags(bool(changed) and not override)) if bad]
+    if refused and jax.process_index() not in refused:
+        raise ConfigError(f"{run.path}: process {refused[0]} refused to resume its run under this config "
+                          "(another config trained it; its error names the changed fields)")
+    if refused:
         raise ConfigError(f"{run.path} holds a run (checkpoint at step {step}) trained with another config; "
                           f"changed: {config_check.describe_changes(changed)}. Train it elsewhere (another "
                           f"workdir), or resume it under this config with resume_override=True "
@@ -273,7 +277,7 @@ def _train(cfg, run: RunDir, mesh, stop: dict, stop_at: int | None) -> dict:
     corpus = load_corpus(cfg)
     train_split, val_split = corpus.split()
     batches = lpdata.Batches(train_split, seq_len=cfg.data.seq_len, batch_size=cfg.data.batch_size,
-                             seed=cfg.seed, mesh=mesh)
+                             seed=config_check.data_seed(cfg), mesh=mesh)
     evals = lpdata.EvalBatches(val_split, seq_len=cfg.data.seq_len, batch_size=cfg.data.batch_size,
                                max_batches=cfg.train.eval_batches, mesh=mesh)
 

@@ -47,8 +47,12 @@ class RunDir:
     def write_config(self, config_dict: dict) -> None:
         if not self.writer:
             return
-        with open(os.path.join(self.path, "config.json"), "w") as f:
+        # Replaced, never edited: a process reading config.json meanwhile sees the old or the new file.
+        path = os.path.join(self.path, "config.json")
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
             json.dump(config_dict, f, indent=2, sort_keys=True, default=str)
+        os.replace(tmp, path)
 
     def set_status(self, status: str, reason: str = "") -> None:
         if status not in STATUSES:

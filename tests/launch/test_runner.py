@@ -5,6 +5,8 @@ import os
 import socket
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -82,6 +84,44 @@ def test_a_run_that_dies_without_status_is_marked_failed(tmp_path, in_repo, caps
     assert RunDir(ok.path).status()[0] == "done"  # a failure does not stop the others
     out = capsys.readouterr().out
     assert "dies  failed" in out and "ok    done" in out
+
+
+_STOPPED = (  # a trainer stopped by a signal: STATUS replaced with its reason, then exit 143
+    "import os, signal, sys, time\n"
+    "def stop(signum, frame):\n"
+    "    tmp = os.path.join(sys.argv[1], 'STATUS.tmp')\n"
+    "    open(tmp, 'w').write('running\\ninterrupted by SIGTERM at step 4; rerun to resume\\n')\n"
+    "    os.replace(tmp, os.path.join(sys.argv[1], 'STATUS'))\n"
+    "    sys.exit(143)\n"
+    "signal.signal(signal.SIGTERM, stop)\n"
+    "open(os.path.join(sys.argv[1], 'ready'), 'w').close()\n"
+    "time.sleep(60)\n")
+
+
+def test_a_run_stopped_by_a_signal_keeps_its_status(tmp_path, in_repo):
+    """Exit 143 (130) with STATUS "running, interrupted by ..." written by the run is no failure:
+    the runner that stopped it keeps that STATUS; an old such STATUS left by an earlier attempt
+    does not excuse a run that dies now without writing one."""
+    stopped = _script_run(tmp_path, "stopped", _STOPPED)
+    dies = _script_run(tmp_path, "dies", "import os; os._exit(143)")
+    for r in (stopped, dies):
+        os.makedirs(r.path)
+    RunDir(dies.path).set_status("running", "interrupted by SIGTERM at step 2; rerun to resume")
+    assert runner.Runner([dies], [None], refresh=0.5).run() == 1
+    status, reason = RunDir(dies.path).status()
+    assert status == "failed" and reason.startswith("exit code 143"), (status, reason)
+
+    r = runner.Runner([stopped], [None], refresh=0.5)
+    def stop_when_ready():  # as the runner's SIGTERM handler does, once the run is up
+        while not os.path.exists(os.path.join(stopped.path, "ready")):
+            time.sleep(0.05)
+        r._stop = True
+    threading.Thread(target=stop_when_ready, daemon=True).start()
+    assert r.run() == 1  # the runner itself was stopped
+    assert RunDir(stopped.path).status() == ("running", "interrupted by SIGTERM at step 4; rerun to resume")
+    assert r.outcome[stopped.id] == "interrupted (resumes when re-run)"
+    assert "ended with exit code 143, STATUS running" in open(os.path.join(stopped.path, "runner.log")).read()
+    assert not os.path.exists(os.path.join(stopped.path, runner.CLAIM))
 
 
 def test_a_failed_backend_start_is_retried_then_reported(tmp_path, in_repo, monkeypatch):
