@@ -78,6 +78,7 @@ def _parse(arg: str | None) -> tuple[str, str]:
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     size, variant = _parse(arg)
     c = lm.get_config("cpu" if size == "tiny" else size)
+    c.data.source = "default"  # debian_v1, the corpus the committed results trained on (lm.py's is pypi_v1)
     c.train.progress = False
     c.train.keep_checkpoints = 1
     if variant == "pretrain":

@@ -68,7 +68,7 @@ THIRD_SEED = {"c": ("w8a4_occ99", "w8a4_occ97"), "e": ("fp4_paper", "fp4_e3m0")}
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     del arg  # the sub-sweep letter only selects runs
-    return precision.get_config()
+    return precision.get_config()  # data.source "default" (debian_v1) too, as the committed runs
 
 
 def get_sweep(arg: str | None = None) -> list[dict]:

@@ -23,6 +23,7 @@ STEPS = 1500
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = lm.get_config(f"20m,{arg or 'bf16'}")
+    c.data.source = "default"  # debian_v1, the corpus the committed results trained on (lm.py's is pypi_v1)
     c.train.steps = STEPS
     c.train.log_every = 25
     c.train.eval_every = 250
