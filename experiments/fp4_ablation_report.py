@@ -21,6 +21,7 @@ import math
 import os
 import sys
 
+from experiments import paired
 from experiments import report as sweep_report
 from experiments.reporting import load, markdown, summary
 from launch import sweep
@@ -32,7 +33,9 @@ SUBSWEEPS = {"a": "precision", "b": "weights only, W4A8: STE vs DGE", "c": "acti
              "dge_lr": "W4A8, STE vs DGE at a 3x smaller learning rate"}
 METHOD = ("A claim compares the final validation loss (nats per byte) of settings, mean ± half-range over "
           "seeds. \"A < B\" holds when A's mean is below B's; it is *clear* when every seed agrees (A below B "
-          "for each seed: same seed, same initialization and data order), else *mixed across seeds*. \"A ≈ B\" "
+          "for each seed: same seed, same initialization and data order), else *mixed across seeds*. The evidence gives "
+          "the paired (same-seed) differences B − A per seed, their mean and range, beside the gap of the "
+          "unpaired means. \"A ≈ B\" "
           "holds when the gap of the means is at most the larger of the two half-ranges. A setting with a run "
           "that diverged or failed counts as worse than any that finished. A claim is *incomplete* while one "
           "of its settings has a run that has not finished. Where the runs of two settings ran on different GPUs, "
@@ -122,15 +125,19 @@ def check(stats: dict[str, Stat], comparisons: list[tuple[str, str, str]]) -> tu
         gap = y.key - x.key
         if op == LT:
             holds.append(gap > 0)
-            paired = [y.by_seed[k] - x.by_seed[k] for k in x.by_seed if k in y.by_seed]
-            clear.append(not math.isfinite(gap) or (len(paired) > 1 and all((d > 0) == (gap > 0) for d in paired)))
+            pair = paired.paired({**{(a, k): v for k, v in x.by_seed.items()},
+                                  **{(b, k): v for k, v in y.by_seed.items()}}, b, a)
+            diffs = list(pair.by_seed.values())
+            clear.append(not math.isfinite(gap) or (len(diffs) > 1 and all((d > 0) == (gap > 0) for d in diffs)))
             text = "" if not math.isfinite(gap) else f"; {b} − {a} = {gap:+.4f}"
-            if len(paired) > 1:
-                text += " (per seed " + ", ".join(f"{d:+.4f}" for d in paired) + ")"
-            common = sorted(set(x.by_seed) & set(y.by_seed))
-            if paired and math.isfinite(gap) and set(x.by_seed) != set(y.by_seed):  # means of other seeds
+            if len(diffs) > 1:
+                lo, hi = pair.range
+                text += (" (per seed " + ", ".join(f"{d:+.4f}" for d in diffs)
+                         + f"; paired mean {pair.mean:+.4f}, range [{lo:+.4f}, {hi:+.4f}])")
+            common = list(pair.by_seed)
+            if diffs and math.isfinite(gap) and set(x.by_seed) != set(y.by_seed):  # means of other seeds
                 text += (f" (seed{'s' if len(common) > 1 else ''} {', '.join(map(str, common))} alone: "
-                         f"{sum(paired) / len(paired):+.4f})")
+                         f"{pair.mean:+.4f})")
         else:
             spread = max(x.half, y.half)
             holds.append(abs(gap) <= spread)

@@ -66,7 +66,8 @@ def test_claims_are_checked_from_the_runs(root, tmp_path):
     assert got[("a", "the full method (W4A4 + DGE + OCC) ≈ BF16")] == "not reproduced"
     # fp4_paper below w4a4 in the mean (1.09 vs 1.11) but above it for seed 1: mixed across seeds.
     assert got[("a", "plain W4A4 is worse than the full method")] == "reproduced (mixed across seeds)"
-    assert "per seed +0.0500, -0.0100" in rows[("a", "plain W4A4 is worse than the full method")]["evidence"]
+    assert ("per seed +0.0500, -0.0100; paired mean +0.0200, range [-0.0100, +0.0500]"
+            in rows[("a", "plain W4A4 is worse than the full method")]["evidence"])
     assert got[("b", "W4A8: DGE (k = 5) beats direct quantization (STE)")] == "reproduced"
     assert got[("b", "W4A8: k = 5 beats k = 3 and k = 10")] == "reproduced"
     # (c): direct W8A4 has a run that diverged: worse than every OCC setting that finished.
