@@ -4,7 +4,8 @@ Run (needs torch and bitsandbytes, which lowprec does not depend on):
     PYTHONPATH=<dir with bitsandbytes> python scripts/make_nf4_fixture.py
 Each case stores the input (fp32, or bf16 as uint16 bits), the packed 4-bit codes, the 8-bit
 absmax codes, the offset (mean of the absmax values), the fp32 absmax of each 256-block of
-absmax values, the dequantized output (as its bits) and the versions used.
+absmax values, the dequantized output (as its bits); the file also holds the versions used and
+`dynamic_map`, the bits of `create_dynamic_map(signed=True)` (the 8-bit code of the absmax values).
 """
 
 import pathlib
@@ -39,7 +40,8 @@ def cases():
 
 def main():
     torch.manual_seed(0)
-    arrays = {"bnb_version": np.array(bnb.__version__), "torch_version": np.array(torch.__version__)}
+    arrays = {"bnb_version": np.array(bnb.__version__), "torch_version": np.array(torch.__version__),
+              "dynamic_map": F.create_dynamic_map(signed=True).numpy().view(np.uint32)}
     for name, x in cases():
         packed, st = F.quantize_4bit(x, blocksize=64, compress_statistics=True, quant_type="nf4")
         y = F.dequantize_4bit(packed, st)
