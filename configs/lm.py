@@ -6,8 +6,8 @@
         --config.train.steps=2000 --config.optim.lr=1e-3
 
 The argument after ':' is "<size>[,<recipe>]" (sizes: tiny, 6m, 20m, 125m, 350m, 1b; recipes:
-any name in lp.recipes), "cpu[,<recipe>]" (the tiny model on the default corpus: about a
-minute on a laptop CPU) or "smoke" (the tiny model on synthetic data: seconds).
+any name in lp.recipes), "cpu[,<recipe>]" (the tiny model on the default corpus: ~2.5 min
+of CPU time on 2 cores) or "smoke" (the tiny model on synthetic data: seconds).
 Every field below can be overridden with --config.<path>=<value>; unknown keys are errors.
 
 Fine-tuning a trained run (``finetune.*``; defaults train from scratch as before), e.g. on one
@@ -34,6 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0  # initialization, dropout and every other random stream; the data order too unless data_seed
     c.data_seed = -1  # the data order (batch permutation) alone; -1: the same as seed
+    c.imports = ()  # user modules or .py files imported first (their formats, recipes usable by name)
     c.model = ml_collections.ConfigDict(dict(size=size, vocab_size=256, tie_embeddings=False, remat=False,
                                              attention="",  # "" (auto), "xla" or "cudnn"
                                              scan_unroll=0))  # layers per scan iteration; 0: all (fastest step)

@@ -5,6 +5,8 @@ Re-running with the same workdir resumes from its latest checkpoint, under the s
 run's config_history.jsonl records). Overrides: ``--config.train.steps=100 --config.recipe=fp8``;
 a misspelled field or an impossible value is one line of error before anything starts.
 Ctrl-C or SIGTERM saves a checkpoint and stops (exit status 130 or 143; STATUS says so).
+``--config.imports=my_formats`` (a module, a .py path, or several: ``'("a", "b.py")'``) is
+imported first, so the formats and recipes it registers are usable by name. ``--help``: the flags.
 ``--library_logs`` shows orbax's and other libraries' INFO lines (default: warnings only).
 """
 
@@ -72,9 +74,26 @@ def main(argv):
     return loop.exit_code(result)
 
 
+def pre_import(argv: list[str]) -> str | None:
+    """Imports the ``--config.imports`` modules of ``argv`` before the config file is read (its
+    variant may name their recipes); the error line of a failed import, or None."""
+    from lowprec.train import imports
+
+    values = [a.split("=", 1)[1] for a in argv if a.startswith("--config.imports=")]
+    try:
+        for value in values:
+            imports.load([v.strip("()[]'\" ") for v in value.split(",")])
+    except ConfigError as e:
+        return str(e)
+    return None
+
+
 def run(argv: list[str]) -> None:
     """Checks ``argv``'s config overrides and flags (one line of error each), then trains."""
-    error = unknown_override(argv)
+    if any(a in ("--help", "-h", "-help", "--helpshort") for a in argv[1:]):
+        print(__doc__ + "\nflags:\n" + flags.FLAGS.module_help(sys.modules[__name__]))
+        sys.exit(0)
+    error = pre_import(argv) or unknown_override(argv)
     if error is None:
         try:
             flags.FLAGS(argv)

@@ -20,7 +20,7 @@ from lowprec.models import llama
 from lowprec.nn import assign_recipes
 from lowprec.ops import recipes
 from lowprec.optim import get_policy
-from lowprec.train import config_check, distributed, finetune, run_recipes, sharding
+from lowprec.train import config_check, distributed, finetune, imports, run_recipes, sharding
 from lowprec.train.checkpoint import Checkpointer, abstract, latest_on_disk
 from lowprec.train.config_check import ConfigError
 from lowprec.train.metrics import MetricsWriter
@@ -108,6 +108,7 @@ def train(cfg, workdir: str, stop_at: int | None = None, resume_override: bool =
     libraries' INFO lines too (default: WARNING and above).
     """
     t0 = time.perf_counter()
+    imported = imports.from_config(cfg)  # first: the user's modules register the names checked next
     config_check.check(cfg, jax.device_count())
     mesh = make_mesh(cfg)
     _check_kernels_fit(cfg, mesh)
@@ -120,6 +121,8 @@ def train(cfg, workdir: str, stop_at: int | None = None, resume_override: bool =
     new_config = config_check.run_config(cfg)
     changed = _resume_changes(run, new_config, resume_override)
     handler = run.attach_log(library_logs)
+    if imported:
+        log.info("imported (config imports): %s", ", ".join(imported))
     before, reason = run.status()
     if before == "failed":  # kept in log.txt: STATUS is rewritten below
         log.info("the previous attempt failed: %s", reason)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from lowprec.train import sharding
+from lowprec.train import imports, sharding
 from lowprec.train.checkpoint import Checkpointer, abstract
 from lowprec.train.step import TrainState, split_histories
 
@@ -41,11 +41,15 @@ class RestoredRun:
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
+    """The run's config.json, after importing the modules its ``imports`` names (so that the
+    formats and recipes they register resolve)."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{workdir} is not a run directory: it has no config.json")
     with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+        cfg = ml_collections.ConfigDict(json.load(f))
+    imports.from_config(cfg)
+    return cfg
 
 
 def load_run(workdir: str, step: int | None = None, devices=None) -> RestoredRun:
