@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from lowprec.ops import cast_transpose, native
-from lowprec.quant import Quantizer
+from lowprec.quant import Quantizer, scaling
 
 logger = logging.getLogger(__name__)
 _logged: set = set()
@@ -92,7 +92,7 @@ def quantize(x, q: Quantizer | None, contraction, key, dtype, history=None,
     if q.rounding == "stochastic":
         unit = q.format.decode(qt.codes)
     else:  # the same rounding quantize() applied; its codes are then dead code under jit
-        unit = q.format.quantize(xg / s, q.rounding, overflow=q.overflow)
+        unit = q.format.quantize(scaling.apply_inverse(xg, s), q.rounding, overflow=q.overflow)
     if factorable:
         return Operand(unit.astype(_storage_dtype(q, dtype)), s, _pow2_scales(q)), s
     values = q.granularity.from_groups(unit * group, x.shape).astype(dtype)
@@ -118,9 +118,10 @@ def _log_no_cast_transpose(shape, split, why: str) -> None:
 
 
 def scaled_input(x, q: Quantizer, s) -> jax.Array:
-    """``x`` divided by its scales (what the format rounded), in ``x``'s layout."""
+    """``x`` times its inverse scales (what the format rounded), in ``x``'s layout; exact at
+    subnormal scales, as the forward pass (``scaling.apply_inverse``)."""
     xg, _ = q.granularity.to_groups(x.astype(jnp.float32))
-    return q.granularity.from_groups(xg / s, x.shape)
+    return q.granularity.from_groups(scaling.apply_inverse(xg, s), x.shape)
 
 
 def derivative(x, q: Quantizer, s) -> jax.Array | None:

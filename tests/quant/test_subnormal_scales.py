@@ -227,7 +227,7 @@ def test_block_kernel_exact_at_tiny_magnitudes():
         np.testing.assert_array_equal(got[checked], want[checked])
 
 
-@pytest.mark.parametrize("recipe", ["mxfp8", "nvfp4", "fp8", "mxfp4"])
+@pytest.mark.parametrize("recipe", ["mxfp8", "nvfp4", "fp8", "mxfp4", "fp4_msamp", "w4a4"])
 def test_quant_dense_step_has_no_nan_at_tiny_magnitudes(recipe):
     dense = lp.nn.QuantDense(64, 32, recipe=recipe, rngs=nnx.Rngs(0))
     dense.kernel.value = jnp.asarray(_data(2.0 ** -118, shape=(64, 32)))
