@@ -18,9 +18,11 @@ def test_an_added_field_absent_from_the_old_config_is_its_default(field):
     assert new[field] == ADDED_DEFAULTS[field]
     old = without(new, field)  # a run recorded before the field existed
     assert changes(old, new) == {} and changes(new, old) == {}
-    other = {**new, field: ADDED_DEFAULTS[field] + 7}
-    assert changes(old, other) == {field: (ADDED_DEFAULTS[field], ADDED_DEFAULTS[field] + 7)}
-    assert changes(other, old) == {field: (ADDED_DEFAULTS[field] + 7, ADDED_DEFAULTS[field])}
+    default = ADDED_DEFAULTS[field]
+    changed = default + ["x"] if isinstance(default, list) else default + 7
+    other = {**new, field: changed}
+    assert changes(old, other) == {field: (default, changed)}
+    assert changes(other, old) == {field: (changed, default)}
 
 
 def test_other_absent_fields_are_still_changes():
