@@ -4,15 +4,14 @@
     lp.nn.assign_recipes(model, [("lm_head|embed", "bf16"), (".*", "fp4_paper")])
     lp.nn.update_amax_histories(model, grads)   # delayed scaling ("fp8_delayed"): after each step
     lp.nn.apply_lora(model, "attn|mlp", rank=8, alpha=16, base="nf4", rngs=nnx.Rngs(0))   # QLoRA
+    lp.nn.QuantizedDense(layer, "int4")         # frozen packed codes and scales (QLoRA's base, PTQ)
 """
 
 from lowprec.nn.base import AmaxHistory, GradTelemetry, QuantModule, update_amax_histories
 from lowprec.nn.dense import QuantDense, QuantDenseGeneral
 from lowprec.nn.einsum import QuantEinsum
-from lowprec.nn.lora import (
-    LoRADense, LoRAParam, QuantizedDense, QuantizedWeight, apply_lora, count_params, merge_lora, set_deterministic,
-    weight_quantizer,
-)
+from lowprec.nn.lora import LoRADense, LoRAParam, apply_lora, count_params, merge_lora, set_deterministic
+from lowprec.nn.packed import QuantizedDense, QuantizedWeight, weight_quantizer
 from lowprec.nn.rules import assign_recipes
 from lowprec.nn.tied import QuantAttend
 

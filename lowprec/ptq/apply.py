@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lowprec.nn import QuantDense, QuantizedDense, weight_quantizer
+from lowprec.nn import QuantDense
+from lowprec.nn.packed import QuantizedDense, weight_quantizer
 from lowprec.nn.rules import find_layers, replace_layer
 from lowprec.ptq import calibration, capture
 from lowprec.ptq.gptq import gptq

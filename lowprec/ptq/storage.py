@@ -15,7 +15,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from lowprec.nn import QuantizedWeight
+from lowprec.nn.packed import QuantizedWeight
 
 
 def _storable(model: nnx.Module, dtype) -> dict:
