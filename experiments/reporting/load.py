@@ -13,6 +13,7 @@ import re
 from tqdm.auto import tqdm
 
 from launch.sweep import varying_axes
+from lowprec.train import run_recipes
 from lowprec.train.rundir import RunDir, read_metrics
 
 MANIFEST = "manifest.json"
@@ -168,9 +169,14 @@ def flatten(config: dict, prefix: str = "") -> dict:
     return out
 
 
+# Recorded in config.json from the run's other fields, never set by a sweep.
+DERIVED_FIELDS = (run_recipes.FIELD,)
+
+
 def infer_axes(configs: list[dict]) -> list[str]:
-    """The config paths whose value differs between runs (runs without a config are ignored)."""
-    flats = [flatten(c) for c in configs if c]
+    """The config paths whose value differs between runs (runs without a config, and fields derived
+    from other fields, such as ``recipe_definitions``, are ignored)."""
+    flats = [{p: v for p, v in flatten(c).items() if p not in DERIVED_FIELDS} for c in configs if c]
     paths = []
     for flat in flats:
         paths += [p for p in flat if p not in paths]
