@@ -106,7 +106,8 @@ def fp4(weight_bits: int = 4, act_bits: int = 4, *, dge_k: float | None = None, 
         weight_granularity: str = "channel", act_granularity: str = "token", occ_per: str = "tensor",
         quantile: str = "exact", compensate: bool = True, compensation: str = "separate",
         element: str = "e2m1fn", rounding: str = "nearest_even", scale: str = _POW2, occ_index: str = "tail",
-        dge_dtype: str | None = None, dge_outside: str = "end", name: str | None = None) -> Recipe:
+        dge_dtype: str | None = None, dge_outside: str = "end", dge_mean_one: bool = False,
+        name: str | None = None) -> Recipe:
     """The FP4 paper's recipe family: W{weight_bits}A{act_bits} with optional DGE and OCC.
 
     4-bit operands are ``element`` (E2M1, the paper's; E1M2 and E3M0 are its other FP4
@@ -115,14 +116,16 @@ def fp4(weight_bits: int = 4, act_bits: int = 4, *, dge_k: float | None = None, 
     ``"token"`` vector-wise, or ``"tensor"``) are the paper's ablation (d); ``"tile(1,-1)"``
     gives an (in, out) weight one scale per input channel (the released code's grouping).
     ``dge_k``: DGE on the weights with that k (None: direct quantization, STE), its derivative
-    rounded to ``dge_dtype`` and valued ``dge_outside`` the range (see ``quant.dge``).
+    rounded to ``dge_dtype``, valued ``dge_outside`` the range and, with ``dge_mean_one``, divided
+    by its interval mean (see ``quant.dge``).
     ``occ_alpha``: OCC on the activations (None: none); ``occ_per`` is its quantile group,
     ``"tensor"`` (the default) or ``"token"`` (one pair of bounds per row), also from a config
     string: ``"fp4(occ_alpha=0.99, occ_per='token')"``; ``occ_index`` (``"tail"`` or ``"floor"``),
     ``quantile`` and ``compensate`` configure it too (see ``quant.OCC``), and ``compensation``
     picks how the residual is added (see ``Recipe``).
     """
-    estimator = "ste" if dge_k is None else dge(k=dge_k, dtype=dge_dtype, outside=dge_outside)
+    estimator = "ste" if dge_k is None else dge(k=dge_k, dtype=dge_dtype, outside=dge_outside,
+                                                     mean_one=dge_mean_one)
     weight = _operand(weight_bits, "weight_bits", element, weight_granularity, scale, rounding, estimator=estimator)
     occ = None if occ_alpha is None else OCC(alpha=occ_alpha, per=occ_per, compensate=compensate, quantile=quantile,
                                              index=occ_index)

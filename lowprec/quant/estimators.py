@@ -66,8 +66,18 @@ def clipped_ste_derivative(xs, fmt: Format):
 DGE_OUTSIDE = ("end", "zero", "msamp")
 
 
+def dge_interval_mean(k: float = 5.0, cap: float = 3.0) -> float:
+    """The mean of the capped f′ over one interval (uniform position): ``1 − t0^(1/k) + cap·t0``
+    with ``t0 = (k·cap)^(−k/(k−1))``, where the cap starts to bind (0.594 for k = 5, cap = 3;
+    1 without the cap, since ∫₀¹ (1/k) t^(1/k−1) dt = 1). k = 1 (the STE) gives 1."""
+    if k == 1 or cap * k <= 1:
+        return min(1.0, cap) if k == 1 else cap
+    t0 = (k * cap) ** (-k / (k - 1))
+    return 1.0 - t0 ** (1.0 / k) + cap * t0
+
+
 def dge_derivative(xs, fmt: Format, k: float = 5.0, cap: float = 3.0, dtype: str | None = None,
-                   outside: str = "end"):
+                   outside: str = "end", mean_one: bool = False):
     """The FP4 paper's f′ on the local interval of ``fmt``'s grid around each ``xs``.
 
     With ``[lo, hi] = fmt.neighbors(xs)``, ``δ = hi − lo`` and ``u = xs − lo``:
@@ -78,6 +88,8 @@ def dge_derivative(xs, fmt: Format, k: float = 5.0, cap: float = 3.0, dtype: str
     as the FP4 paper's released kernel (Azure/MS-AMP, ``differentiable_quantize_derivative``):
     below the range the first interval's formula continued, above it 0. ``dtype``: the
     derivative rounded to it (nearest-even; the released kernel writes bfloat16), else fp32.
+    ``mean_one``: f′ divided by its interval mean (:func:`dge_interval_mean`), so it averages 1
+    over an interval like the STE's (a null test: under Adam a constant factor cancels).
     NaN inputs give NaN.
     """
     xs = xs.astype(jnp.float32)
@@ -97,6 +109,8 @@ def dge_derivative(xs, fmt: Format, k: float = 5.0, cap: float = 3.0, dtype: str
                 first = fmt.values()[:2]  # the first interval's formula, continued below it
             t_out = jnp.abs(2.0 * (xs - first[0]) / (first[1] - first[0]) - 1.0)
             d = jnp.where(below, jnp.minimum(cap, t_out ** (1.0 / k - 1.0) / k), d)
+    if mean_one:
+        d = d * jnp.float32(1.0 / dge_interval_mean(k, cap))
     if dtype is not None:
         d = d.astype(dtype)
     return d.astype(jnp.float32)
@@ -110,19 +124,22 @@ class _DGE:
     cap: float
     dtype: str | None = None
     outside: str = "end"
+    mean_one: bool = False
 
     def __call__(self, xs, fmt: Format):
-        return dge_derivative(xs, fmt, self.k, self.cap, self.dtype, self.outside)
+        return dge_derivative(xs, fmt, self.k, self.cap, self.dtype, self.outside, self.mean_one)
 
 
-def dge(k: float = 5.0, cap: float = 3.0, dtype: str | None = None, outside: str = "end") -> Estimator:
+def dge(k: float = 5.0, cap: float = 3.0, dtype: str | None = None, outside: str = "end",
+        mean_one: bool = False) -> Estimator:
     """The differentiable gradient estimator (Wang et al. 2025) with sharpness ``k``, ``cap``,
     the derivative's ``dtype`` (None: fp32) and its value ``outside`` the range (see
     :func:`dge_derivative`).
 
     Named ``"dge"`` for the paper's k = 5, cap = 3 and e.g. ``"dge(k=3)"`` or
     ``"dge(dtype=bfloat16,outside=msamp)"`` otherwise; equal arguments give equal (and equally
-    hashed) estimators. k = 1 (with cap >= 1) is the STE.
+    hashed) estimators. k = 1 (with cap >= 1) is the STE. ``mean_one=True`` (``"dge(mean_one=true)"``)
+    divides f′ by its interval mean (see :func:`dge_derivative`).
     """
     if not k >= 1:
         raise ValueError(f"dge k must be >= 1 (k = 1 is the STE); got {k}")
@@ -139,8 +156,9 @@ def dge(k: float = 5.0, cap: float = 3.0, dtype: str | None = None, outside: str
             raise ValueError("dge dtype must be None or a floating dtype (e.g. bfloat16, float16)")
     args = [f"{n}={v:g}" for n, v, default in (("k", k, 5.0), ("cap", cap, 3.0)) if v != default]
     args += [f"{n}={v}" for n, v, default in (("dtype", dtype, None), ("outside", outside, "end")) if v != default]
+    args += ["mean_one=true"] if mean_one else []
     name = "dge" + (f"({','.join(args)})" if args else "")
-    return Estimator(name, _DGE(k, cap, dtype, outside))
+    return Estimator(name, _DGE(k, cap, dtype, outside, bool(mean_one)))
 
 
 STE = Estimator("ste")
@@ -169,7 +187,7 @@ def get_estimator(spec: str | Estimator | Callable) -> Estimator:
     if m is not None:
         return _parse_dge(spec, m.group(1))
     raise ValueError(f"unknown estimator {spec!r}; known: {', '.join(sorted(_ESTIMATORS))}, "
-                     "dge(k=...,cap=...,dtype=...,outside=...), or an Estimator / function (xs, fmt) -> derivative")
+                     "dge(k=...,cap=...,dtype=...,outside=...,mean_one=...), or an Estimator / function (xs, fmt) -> derivative")
 
 
 def _parse_dge(spec: str, args: str) -> Estimator:
@@ -180,8 +198,14 @@ def _parse_dge(spec: str, args: str) -> Estimator:
         if key in ("dtype", "outside"):
             kwargs[key] = value.strip("'\"")
             continue
+        if key == "mean_one":
+            if value.lower() not in ("true", "false"):
+                raise ValueError(f"cannot parse estimator {spec!r}: mean_one must be true or false; got {value!r}")
+            kwargs[key] = value.lower() == "true"
+            continue
         if key not in ("k", "cap"):
-            raise ValueError(f"cannot parse estimator {spec!r}: unknown argument {key!r}; known: k, cap, dtype, outside")
+            raise ValueError(f"cannot parse estimator {spec!r}: unknown argument {key!r}; "
+                             "known: k, cap, dtype, outside, mean_one")
         try:
             kwargs[key] = float(value)
         except ValueError:

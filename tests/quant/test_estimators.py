@@ -152,3 +152,23 @@ def test_dge_mean_over_an_interval_is_the_capped_integral(k):
         mean = float(jnp.mean(dge(k, cap).derivative(jnp.asarray(xs, jnp.float32), fmt)))
         tc = (k * cap) ** (-k / (k - 1))
         assert mean == pytest.approx(cap * tc + 1 - tc ** (1 / k), rel=2e-3)
+
+
+@pytest.mark.parametrize("k,cap", [(5.0, 3.0), (3.0, 2.0), (10.0, 3.0)])
+def test_dge_mean_one_averages_one_over_each_interval(k, cap):
+    """``mean_one`` divides f′ by its interval mean: the float64 midpoint-rule mean of the
+    reference f′ over every interval of E2M1's grid, times the factor, is 1."""
+    fmt = lp.formats.get("e2m1fn")
+    values = fmt.values().astype(np.float64)
+    est = dge(k, cap, mean_one=True)
+    assert est.name == f"dge({'k=%g,' % k if k != 5 else ''}{'cap=%g,' % cap if cap != 3 else ''}mean_one=true)"
+    assert get_estimator(est.name) == est and est != dge(k, cap)
+    n = 200_000
+    for lo, hi in zip(values[:-1], values[1:]):
+        xs = lo + (hi - lo) * (np.arange(n) + 0.5) / n
+        mean = ref_dge(xs, values, k, cap).mean()
+        got = np.asarray(est.derivative(xs.astype(np.float32), fmt), np.float64)
+        np.testing.assert_allclose(got.mean(), 1.0, rtol=2e-3)  # the quadrature of the 1/t^(1-1/k) spike
+        np.testing.assert_allclose(got, ref_dge(xs, values, k, cap) / mean, rtol=2e-3)
+    with pytest.raises(ValueError, match="mean_one must be true or false"):
+        get_estimator("dge(mean_one=maybe)")
