@@ -107,11 +107,11 @@ def fp4(weight_bits: int = 4, act_bits: int = 4, *, dge_k: float | None = None, 
         quantile: str = "exact", compensate: bool = True, compensation: str = "separate",
         element: str = "e2m1fn", rounding: str = "nearest_even", scale: str = _POW2, occ_index: str = "tail",
         dge_dtype: str | None = None, dge_outside: str = "end", dge_mean_one: bool = False,
-        name: str | None = None) -> Recipe:
+        act_element: str | None = None, name: str | None = None) -> Recipe:
     """The FP4 paper's recipe family: W{weight_bits}A{act_bits} with optional DGE and OCC.
 
     4-bit operands are ``element`` (E2M1, the paper's; E1M2 and E3M0 are its other FP4
-    candidates) with ``scale`` (default power-of-two scales, ``"pow2_ceil"``) and ``rounding``;
+    candidates; ``act_element``, if given, for the activations alone) with ``scale`` (default power-of-two scales, ``"pow2_ceil"``) and ``rounding``;
     8-bit ones E4M3 with fp32 scales, rounded to nearest-even. Granularities (``"channel"``/
     ``"token"`` vector-wise, or ``"tensor"``) are the paper's ablation (d); ``"tile(1,-1)"``
     gives an (in, out) weight one scale per input channel (the released code's grouping).
@@ -129,7 +129,7 @@ def fp4(weight_bits: int = 4, act_bits: int = 4, *, dge_k: float | None = None, 
     weight = _operand(weight_bits, "weight_bits", element, weight_granularity, scale, rounding, estimator=estimator)
     occ = None if occ_alpha is None else OCC(alpha=occ_alpha, per=occ_per, compensate=compensate, quantile=quantile,
                                              index=occ_index)
-    act = _operand(act_bits, "act_bits", element, act_granularity, scale, rounding, occ=occ)
+    act = _operand(act_bits, "act_bits", act_element or element, act_granularity, scale, rounding, occ=occ)
     if name is None:
         name = f"w{weight_bits}a{act_bits}" + (f"+dge(k={dge_k:g})" if dge_k is not None else "") + (
             f"+occ({occ_alpha:g})" if occ_alpha is not None else "")

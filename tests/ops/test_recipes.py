@@ -50,6 +50,10 @@ def test_ablation_factory_switches():
     assert r.name == "w8a4+occ(0.97)" and not r.fwd_act.occ.compensate and r.fwd_act.occ.quantile == "approx"
     with pytest.raises(ValueError, match="act_bits must be 4 .* or 8 .*; got 6"):
         recipes.fp4(4, 6)
+    r = recipes.get("fp4(dge_k=5, occ_alpha=0.99, act_element='e1m2', dge_mean_one=True)")
+    assert (r.fwd_act.format.name, r.fwd_weight.format.name) == ("e1m2", "e2m1fn")
+    assert r.fwd_weight.estimator == lp.quant.dge(k=5, mean_one=True) != lp.quant.dge(k=5)
+    assert recipes.fp4(8, 4, act_element="e1m2").fwd_weight.format.name == "e4m3fn"
 
 
 def test_block_recipes_requantize_every_gemm():
