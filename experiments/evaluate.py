@@ -9,7 +9,8 @@ loss, perplexity and bits per byte on its own validation split (the data, sequen
 batch size of its config; ``--batches`` held-out batches, default the run's
 ``train.eval_batches``). Each ``--recipe`` re-evaluates the same weights with that recipe on
 every layer the run's recipe rules do not pin (the LM head stays as trained): what serving the
-model in another format would cost, with no calibration. ``--out`` writes the rows as JSON with
+model in another format would cost, with no calibration; a recipe the run's ``config.imports``
+modules define is known by name here (they are imported before ``--recipe`` is checked). ``--out`` writes the rows as JSON with
 the command, device, date and package versions.
 """
 
@@ -27,6 +28,7 @@ from lowprec import nn as lpnn
 from lowprec import ptq
 from lowprec.ops import recipes
 from lowprec.train import loop, restore, run_recipes
+from lowprec.train.config_check import ConfigError
 
 log = logging.getLogger("evaluate")
 
@@ -80,15 +82,19 @@ def main(argv=None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     cli_logging()
+    if args.batches is not None and args.batches < 1:
+        parser.error(f"--batches must be >= 1; got {args.batches}")
+    try:
+        cfg = restore.read_config(args.run)  # imports the run's config.imports: their recipes resolve below
+    except (FileNotFoundError, ConfigError) as e:
+        parser.error(str(e))
     for name in args.recipe:
         try:
             recipes.get(name)
         except ValueError as e:
             parser.error(f"--recipe: {e}")
-    if args.batches is not None and args.batches < 1:
-        parser.error(f"--batches must be >= 1; got {args.batches}")
     try:
-        run_recipes.check_run(args.run, restore.read_config(args.run))
+        run_recipes.check_run(args.run, cfg)
         run = restore.load_run(args.run, args.step)
     except (FileNotFoundError, run_recipes.UnknownRunRecipe) as e:
         parser.error(str(e))

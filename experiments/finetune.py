@@ -52,4 +52,12 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    import sys
+
+    from lowprec.train import imports
+
+    error = imports.from_argv(sys.argv)  # before the config file: its variant may name their recipes
+    if error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     app.run(main)

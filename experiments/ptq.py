@@ -198,9 +198,11 @@ def main(argv=None):
         return merge(args.merge, args.out)
     try:
         settings = settings_from(args)
+        for path in dict.fromkeys(s.checkpoint for s in settings):  # their config.imports first: the
+            restore.read_config(path)  # formats those modules register are known to the specs below
         for s in settings:  # every bad field before any work
             ptq.Spec(**{f: s[f] for f in SPEC_FIELDS})
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:  # a ConfigError of config.imports too
         raise SystemExit(f"error: {e}") from None
     try:
         rows = run(settings, args.out or None, args.save or None)

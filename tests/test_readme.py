@@ -31,16 +31,22 @@ def test_local_links_resolve():
                 assert (path.parent / target).exists(), f"{path.name}: broken link {target}"
 
 
-def test_training_guide_lists_every_config_field():
+def test_fields_describe_exactly_the_config_leaves():
     from configs import lm
+    from lowprec.train import fields
 
-    def leaves(cfg, prefix=""):
-        for key, value in cfg.items():
-            if hasattr(value, "items"):
-                yield from leaves(value, f"{prefix}{key}.")
-            else:
-                yield prefix + key
+    leaves = [path for path, _ in fields.leaves(lm.get_config("20m"))]
+    missing = sorted(set(leaves) - set(fields.FIELDS))
+    stale = sorted(set(fields.FIELDS) - set(leaves))
+    assert not missing and not stale, f"lowprec/train/fields.py FIELDS: missing {missing}, stale {stale}"
+    assert set(fields.DEFAULT_TEXT) <= set(fields.FIELDS)
+    assert all(m.strip() and "\n" not in m for m in fields.FIELDS.values())
+
+
+def test_training_guide_field_table_is_the_generated_one():
+    from lowprec.train import fields
 
     guide = (ROOT / "docs" / "training.md").read_text()
-    missing = [f for f in leaves(lm.get_config("20m")) if f"`{f}`" not in guide]
-    assert not missing, f"docs/training.md lacks config fields: {', '.join(missing)}"
+    assert fields.table_in(guide) == fields.table_of(str(ROOT / "configs" / "lm.py")), (
+        "docs/training.md's field table is stale: python -m lowprec.train.fields configs/lm.py "
+        "--write docs/training.md")

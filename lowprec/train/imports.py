@@ -1,11 +1,18 @@
 """The user modules a run config names in ``imports``, imported before anything is built.
 
 ``imports`` holds module names (``my_formats``, ``pkg.recipes``; importable from the working
-directory or ``PYTHONPATH``) or paths of ``.py`` files (relative to the working directory), so
-that the formats, estimators and recipes they register are known by name in every process of
-the run: the training process (``loop.train``), each sweep child and SLURM or TPU job (they run
-``experiments.train``), and any process that reloads the run (``restore.read_config``). A
-comma-separated string is several entries: ``--config.imports=my_formats,other.py``.
+directory or ``PYTHONPATH``) or paths of ``.py`` files, so that the formats, estimators and
+recipes they register are known by name in every process of the run: the training process
+(``loop.train``), each sweep child and SLURM or TPU job (they run ``experiments.train``), and
+any process that reloads the run (``restore.read_config``). A comma-separated string is several
+entries: ``--config.imports=my_formats,other.py``.
+
+A relative ``.py`` path is relative to the working directory of the process that first reads
+the config: ``from_config`` (the training process, before the config is checked) rewrites it as
+an absolute path, so config.json records where the file was and a later process (an evaluation,
+a fine-tuning run) finds it from any directory. Sweep children and SLURM jobs start in the
+launcher's working directory, so they resolve a relative path as the launcher would. A module
+name is looked up on ``sys.path`` of each process, which holds its working directory.
 """
 
 from __future__ import annotations
@@ -37,9 +44,34 @@ def load(value) -> list[str]:
     return [_import(spec) for spec in specs(value)]
 
 
+def from_argv(argv: list[str]) -> str | None:
+    """Imports the ``--config.imports=...`` modules of a command line (``experiments.train``,
+    ``experiments.finetune``) before the config file is read, since its variant may name their
+    recipes; the error line of a failed import, or None."""
+    values = [a.split("=", 1)[1] for a in argv if a.startswith(f"--config.{FIELD}=")]
+    try:
+        for value in values:
+            load([v.strip("()[]'\" ") for v in value.split(",")])
+    except ConfigError as e:
+        return str(e)
+    return None
+
+
+def absolute(value) -> list[str]:
+    """The entries of ``value`` with each ``.py`` path made absolute (against the working
+    directory); module names as they are."""
+    return [os.path.abspath(s) if _is_path(s) else s for s in specs(value)]
+
+
 def from_config(cfg) -> list[str]:
-    """``load(cfg.imports)``; a config without the field imports nothing."""
-    return load(cfg.get(FIELD, ()))
+    """``load(cfg.imports)``; a config without the field imports nothing. Rewrites the field's
+    relative ``.py`` paths as absolute ones (``absolute``), so that what the run records names
+    the files from any working directory."""
+    value = cfg.get(FIELD, ())
+    resolved = absolute(value)
+    if resolved != specs(value):
+        cfg[FIELD] = ",".join(resolved) if isinstance(value, str) else tuple(resolved)
+    return load(resolved)
 
 
 def _import(spec: str) -> str:

@@ -32,14 +32,16 @@ def train(tmp_path, *args):
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("imports")
     (tmp / "user_formats_t.py").write_text(MODULE)
-    done = train(tmp, f"--config.imports={tmp / 'user_formats_t.py'}", "--config.recipe=w5a5_user")
+    relative = os.path.relpath(tmp / "user_formats_t.py", ROOT)  # the process runs in ROOT
+    done = train(tmp, f"--config.imports={relative}", "--config.recipe=w5a5_user")
     assert done.returncode == 0, done.stderr[-2000:]
     return tmp / "run"
 
 
 def test_user_recipe_trains_by_name_and_is_recorded(trained):
     config = json.loads((trained / "config.json").read_text())
-    assert config["recipe"] == "w5a5_user" and config["imports"][0].endswith("user_formats_t.py")
+    # the relative path given is recorded absolute: a process elsewhere finds the file
+    assert config["recipe"] == "w5a5_user" and config["imports"] == [str(trained.parent / "user_formats_t.py")]
     assert "imported (config imports): user_formats_t" in (trained / "log.txt").read_text()
 
 
@@ -66,3 +68,30 @@ def test_specs_and_errors(tmp_path):
         imports.load(str(tmp_path / "broken_t.py"))
     with pytest.raises(ConfigError, match="imports: no file"):
         imports.load(str(tmp_path / "missing.py"))
+
+
+def test_evaluate_knows_the_run_recipes_in_a_fresh_process(trained):
+    # --recipe names a recipe of the run's imports; checked after they are imported, from another directory
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "experiments.evaluate", str(trained), "--recipe", "w5a5_user",
+                           "--batches", "1", "--no-progress"],
+                          cwd=trained.parent, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| w5a5_user (as trained) |" in done.stdout and "| w5a5_user | " in done.stdout
+    bad = subprocess.run([sys.executable, "-m", "experiments.evaluate", str(trained), "--recipe", "no_such_recipe"],
+                         cwd=trained.parent, env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "--recipe" in bad.stderr and "no_such_recipe" in bad.stderr
+
+
+def test_from_config_records_relative_paths_absolute(tmp_path, monkeypatch):
+    import ml_collections
+
+    (tmp_path / "rel_user_t.py").write_text("VALUE = 1\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = ml_collections.ConfigDict({"imports": ("rel_user_t.py", "json")})
+    cfg.lock()
+    assert imports.from_config(cfg) == ["rel_user_t", "json"]
+    assert cfg.imports == (str(tmp_path / "rel_user_t.py"), "json")
+    text = ml_collections.ConfigDict({"imports": "rel_user_t.py,json"})
+    imports.from_config(text)
+    assert text.imports == f"{tmp_path / 'rel_user_t.py'},json"
