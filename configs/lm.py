@@ -57,7 +57,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # last validation (adapters merged first), recorded as split "val_quantized".
     c.finetune = ml_collections.ConfigDict(dict(
         init_from="", mode="full", lora_rank=8, lora_alpha=16.0, lora_targets="attn|mlp", lora_dropout=0.0,
-        base_format="nf4", qat_estimator="ste", eval_quantized=""))
+        base_format="nf4_qlora", qat_estimator="ste", eval_quantized=""))
     c.optim = ml_collections.ConfigDict(dict(
         lr=3e-3 if small else 1e-3, warmup_steps=10 if smoke else 50 if cpu else 200, min_lr_ratio=0.1,
         b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0, grad_accum=1))

@@ -2,6 +2,7 @@
 
     layer = lp.nn.QuantizedDense(dense, "nf4")           # a QuantDense's kernel, quantized once
     layer(x_BxD)                                         # x @ dequantized kernel + bias
+    lp.nn.QuantizedDense(dense, "nf4_qlora")             # bitsandbytes' NF4, bit for bit
     layer.nbytes()                                       # bytes of codes and scales
     lp.nn.weight_quantizer("int4:block(128)")            # the Quantizer a spec names
 
@@ -23,6 +24,7 @@ from lowprec.formats import pack, unpack
 from lowprec.nn.base import QuantModule
 from lowprec.nn.dense import QuantDense
 from lowprec.quant import Quantizer, presets
+from lowprec.quant.nf4_qlora import NF4QLoRA
 from lowprec.quant.scaling import SCALE_RULES
 
 POW2_SCALES = tuple(r for r in SCALE_RULES if r.startswith("pow2"))
@@ -33,12 +35,17 @@ class QuantizedWeight(nnx.Variable):
     """Codes or scales of a frozen quantized kernel (QLoRA's base): stored, never trained."""
 
 
-def weight_quantizer(spec: str | Quantizer) -> Quantizer:
+def weight_quantizer(spec: str | Quantizer | NF4QLoRA) -> Quantizer | NF4QLoRA:
     """The quantizer a frozen or requantized kernel (in, out) uses, its groups running along the
     contraction (input) axis as in the quantized GEMMs. ``spec``: a Quantizer, a preset name
-    (``"nf4"``: blocks of 64 with double-quantized scales, ``"int4_channel"``, ``"mxfp4"``, ...),
-    a format name (``"int4"``, ``"e2m1fn"``, ...) for one fp32 scale per output channel, or
-    ``"<format>:<granularity>"`` (``"int4:block(128)"``: one fp32 scale per group of 128 inputs)."""
+    (``"nf4"``: lowprec's NF4, blocks of 64 with int8 double-quantized scales, ``"int4_channel"``,
+    ``"mxfp4"``, ...), ``"nf4_qlora"`` (bitsandbytes' NF4, bit for bit: an ``NF4QLoRA``, whose
+    blocks of 64 run along the inputs of each output as bitsandbytes' do over a torch weight
+    (out, in)), a format name (``"int4"``, ``"e2m1fn"``, ...) for one fp32 scale per output
+    channel, or ``"<format>:<granularity>"`` (``"int4:block(128)"``: one fp32 scale per group of
+    128 inputs)."""
+    if isinstance(spec, NF4QLoRA) or spec in presets.WEIGHT_FORMATS:
+        return presets.WEIGHT_FORMATS.get(spec, spec).along(0)
     if isinstance(spec, Quantizer):
         q = spec
     elif spec in presets.PRESETS:
@@ -48,7 +55,8 @@ def weight_quantizer(spec: str | Quantizer) -> Quantizer:
         try:
             q = Quantizer(fmt, granularity or "channel")
         except (ValueError, KeyError) as e:
-            raise ValueError(f"unknown weight format {spec!r}; known: a preset ({', '.join(presets.PRESETS)}), "
+            raise ValueError(f"unknown weight format {spec!r}; known: a preset "
+                             f"({', '.join([*presets.PRESETS, *presets.WEIGHT_FORMATS])}), "
                              "a format name (int4, int8, e2m1fn, ...) or <format>:<granularity> "
                              f"(int4:block(128)); {e}") from None
     return q.replace(granularity=q.granularity.along((0,)))
@@ -77,7 +85,7 @@ class QuantizedDense(QuantModule):
     stacked layer) and dequantized to the compute dtype in the forward pass; its GEMMs follow
     ``recipe`` like ``QuantDense``'s. Built from a QuantDense."""
 
-    def __init__(self, like: QuantDense, quantizer: str | Quantizer, *, kernel=None, kernel_axes=None,
+    def __init__(self, like: QuantDense, quantizer: str | Quantizer | NF4QLoRA, *, kernel=None, kernel_axes=None,
                  qtensor=None):
         """``like``'s kernel (or ``kernel``, with sharding names ``kernel_axes``) quantized by
         ``weight_quantizer(quantizer)``; or ``qtensor``, codes and scales made elsewhere (e.g. by
@@ -94,10 +102,12 @@ class QuantizedDense(QuantModule):
                              f"quantizer {quantizer} and kernel shape {self.kernel_shape[-2:]}")
         leaves, self.treedef = jax.tree.flatten(qt)
         codes = leaves[0]
-        self.bits, self.code_len, self.codes_ndim = quantizer.format.bits, codes.shape[-1], codes.ndim - kernel.ndim + 2
+        qlora = isinstance(quantizer, NF4QLoRA)  # its codes come packed, two a byte, as bitsandbytes stores them
+        self.bits = 8 if qlora else quantizer.format.bits
+        self.code_len, self.codes_ndim = codes.shape[-1], codes.ndim - kernel.ndim + 2
         self.codes = QuantizedWeight(pack(codes, self.bits) if self.bits < 8 else codes)
         # Power-of-two scales (MX's E8M0) are kept as their 8-bit E8M0 codes: exact, 1/4 the bytes.
-        self.e8m0_scales = (quantizer.scale in POW2_SCALES and not quantizer.tensor_scale
+        self.e8m0_scales = (not qlora and quantizer.scale in POW2_SCALES and not quantizer.tensor_scale
                             and quantizer.double_quant is None)
         scales = leaves[1:]
         if self.e8m0_scales:

@@ -18,6 +18,7 @@ from lowprec.nn.rules import find_layers, replace_layer
 from lowprec.ptq import calibration, capture
 from lowprec.ptq.gptq import gptq
 from lowprec.ptq.modules import QuantizedInput
+from lowprec.quant import Quantizer
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ class Spec:
     """What to quantize and how.
 
     ``weights``: a weight format (``lp.nn.weight_quantizer``'s spec: ``"int4"`` per output
-    channel, ``"int4:block(128)"`` per group, ``"nf4"``, ``"mxfp4"``, ``"nvfp4"``,
+    channel, ``"int4:block(128)"`` per group, ``"nf4"``, ``"nf4_qlora"`` (rtn only), ``"mxfp4"``, ``"nvfp4"``,
     ``"e4m3fn"``, ...); ``method``: ``"rtn"`` (round to nearest) or ``"gptq"``; ``targets``: a
     regular expression over layer paths (default: every attention and MLP layer, leaving the
     embeddings and LM head as they are); ``activations``: a format for the targeted layers'
@@ -48,7 +49,9 @@ class Spec:
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"unknown ptq method {self.method!r}; known: {', '.join(METHODS)}")
-        weight_quantizer(self.weights)
+        if not isinstance(weight_quantizer(self.weights), Quantizer) and self.method == "gptq":
+            raise ValueError(f"ptq weights {self.weights!r} (a stored format) take method rtn only; "
+                             "gptq needs a Quantizer")
         calibration.check_method(self.act_calibration)
         if self.activations:
             calibration.activation_quantizer(self.activations, self.act_calibration)

@@ -1,12 +1,15 @@
 """QLoRA's NF4 with double quantization as bitsandbytes computes it on the CPU (see
 docs/reference/nf4_qlora.md): codes from the exact fp32 absmax of each 64-block; the absmax
-values minus their mean quantized with the 8-bit dynamic map in blocks of 256."""
+values minus their mean quantized with the 8-bit dynamic map in blocks of 256. ``NF4QLoRA``
+(``presets.NF4_QLORA``) offers it as a stored weight format (``lp.nn.weight_quantizer("nf4_qlora")``)."""
 
 from __future__ import annotations
 
 from fractions import Fraction
+import dataclasses
 import functools
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 import numpy as np
@@ -111,7 +114,9 @@ def _mean8(a):
         s = s + acc[j]
     for i in range(k, n):
         s = s + a[i]
-    return s / jnp.float32(n)
+    # a true division: under jit XLA turns a division by a constant into a multiply by its
+    # rounded reciprocal (another fp32 result), so the count is hidden behind a barrier
+    return s / lax.optimization_barrier(jnp.float32(n))
 
 
 def _quantize_dynamic(a):
@@ -125,11 +130,81 @@ def _quantize_dynamic(a):
     return c.reshape(-1)[:n], am
 
 
+def _rounded(p):
+    """``p`` itself, kept from being contracted with the add that consumes it into one fused
+    multiply-add: XLA:CPU (and GPU) fuse a multiply into the next add under jit, and the
+    optimization barrier does not stop it; a select between them does (NaN stays NaN)."""
+    return jnp.where(p == p, p, jnp.float32(jnp.nan))
+
+
 def dequantize(packed, absmax_codes, offset, absmax2, shape, dtype):
     """The dequantized tensor: code * (dynamic[absmax code] * absmax2 + offset), in fp32, then cast."""
     n = int(np.prod(shape))
     am = jnp.asarray(dynamic_map())[absmax_codes.astype(jnp.int32)] * jnp.repeat(absmax2, 256)[:absmax_codes.shape[0]]
-    am = lax.optimization_barrier(am) + offset  # no fused multiply-add: bnb rounds twice
+    am = _rounded(am) + offset  # no fused multiply-add: bnb rounds twice
     c = jnp.stack([packed >> 4, packed & 15], axis=1).reshape(-1)[:n].astype(jnp.int32)
     y = jnp.asarray(NF4_VALUES, jnp.float32)[c] * jnp.repeat(am, 64)[:n]
     return y.astype(dtype).reshape(shape)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class QLoRATensor:
+    """A tensor stored as bitsandbytes stores an NF4 weight with double quantization: ``packed``
+    (two 4-bit codes a byte, the first in the high nibble), ``absmax_codes`` (one uint8 code of the
+    dynamic map per 64-block), ``absmax2`` (fp32, one per 256 blocks) and ``offset`` (the fp32
+    mean removed from the absmax values). ``axis``: the axis the blocks run along (moved last
+    before flattening row-major)."""
+
+    packed: jax.Array
+    absmax_codes: jax.Array
+    offset: jax.Array
+    absmax2: jax.Array
+    shape: tuple[int, ...] = dataclasses.field(metadata=dict(static=True))
+    dtype: str = dataclasses.field(metadata=dict(static=True))
+    axis: int = dataclasses.field(metadata=dict(static=True))
+
+    def dequantize(self) -> jax.Array:
+        moved = _moved_shape(self.shape, self.axis)
+        y = dequantize(self.packed, self.absmax_codes, self.offset, self.absmax2, moved, self.dtype)
+        return jnp.moveaxis(y, -1, self.axis)
+
+    def nbytes(self) -> int:
+        """Bytes stored: codes, absmax codes, absmax2 and the offset (~4.127 bits a weight)."""
+        return self.packed.size + self.absmax_codes.size + 4 * self.absmax2.size + 4 * self.offset.size
+
+
+def _moved_shape(shape, axis):
+    shape = list(shape)
+    return tuple(shape[:axis % len(shape)] + shape[axis % len(shape) + 1:] + [shape[axis]])
+
+
+@dataclasses.dataclass(frozen=True)
+class NF4QLoRA:
+    """QLoRA's NF4 weight format, bit for bit as bitsandbytes (``quantize_4bit(..., blocksize=64,
+    compress_statistics=True, quant_type="nf4")``): ``quantize(x)`` flattens ``x`` with ``axis``
+    moved last and gives a :class:`QLoRATensor`. A stored-weight format (QLoRA's base, PTQ's
+    round-to-nearest), not a fake-quantizing ``Quantizer``: it has no estimator and no GEMM path.
+    ``lowprec.quant.presets.NF4_QLORA`` (axis -1: a torch weight (out, in) as bitsandbytes
+    flattens it); ``along(0)`` for a Flax kernel (in, out), as ``lp.nn.weight_quantizer`` does."""
+
+    axis: int = -1
+
+    name = "nf4_qlora"
+
+    def along(self, axis: int) -> NF4QLoRA:
+        return dataclasses.replace(self, axis=axis)
+
+    def quantize(self, x) -> QLoRATensor:
+        x = jnp.asarray(x)
+        flat = jnp.moveaxis(x, self.axis, -1).reshape(-1)
+        packed, c8, offset, am2 = quantize(flat)
+        return QLoRATensor(packed, c8, offset, am2, tuple(x.shape), jnp.dtype(x.dtype).name, self.axis)
+
+    def __call__(self, x) -> jax.Array:
+        """``quantize(x).dequantize()`` (no gradient rule: not for training through)."""
+        return self.quantize(x).dequantize()
+
+    def __str__(self) -> str:
+        return (f"NF4_QLORA(bitsandbytes nf4, blocks of 64 along axis {self.axis}, "
+                "absmax 8-bit dynamic in blocks of 256)")

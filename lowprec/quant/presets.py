@@ -4,9 +4,14 @@ MX (OCP Microscaling v1.0): blocks of 32 along the contraction axis, E8M0 scales
 floor rule. NVFP4: E2M1 in blocks of 16 with E4M3 block scales under an fp32 tensor scale.
 FP4 paper (Wang et al. 2025): E2M1 vector-wise (weights per output channel, activations per
 token) with power-of-two scales sf = 2**floor(log2(6/amax)), i.e. scale = 2**ceil(log2(amax/6)).
-NF4 (QLoRA): blocks of 64, absmax scales double-quantized to int8 in blocks of 256.
+NF4: lowprec's variant of QLoRA's format: blocks of 64, absmax scales double-quantized to linear
+int8 in blocks of 256 (after removing their mean), codes picked against the rebuilt scale.
+NF4_QLORA: QLoRA's own scheme, bit for bit as bitsandbytes (codes against the exact absmax, the
+absmax minus its mean in bitsandbytes' 8-bit dynamic code in blocks of 256); a stored weight
+format (``WEIGHT_FORMATS``), not a Quantizer: see ``lowprec.quant.nf4_qlora``.
 """
 
+from lowprec.quant.nf4_qlora import NF4QLoRA
 from lowprec.quant.quantizer import Quantizer
 
 MXFP8_E4M3 = Quantizer("e4m3fn", "block(32)", scale="pow2_floor")
@@ -21,6 +26,7 @@ FP4_PAPER_ACTIVATION = Quantizer("e2m1fn", "token", scale="pow2_ceil")
 INT8_CHANNEL = Quantizer("int8", "channel")
 INT4_CHANNEL = Quantizer("int4", "channel")
 NF4 = Quantizer("nf4", "block(64)", double_quant=Quantizer("int8", "block(256)"))
+NF4_QLORA = NF4QLoRA()
 
 PRESETS = {
     "mxfp8_e4m3": MXFP8_E4M3, "mxfp8_e5m2": MXFP8_E5M2, "mxfp6_e3m2": MXFP6_E3M2,
@@ -28,6 +34,8 @@ PRESETS = {
     "fp4_paper_weight": FP4_PAPER_WEIGHT, "fp4_paper_activation": FP4_PAPER_ACTIVATION,
     "int8_channel": INT8_CHANNEL, "int4_channel": INT4_CHANNEL, "nf4": NF4,
 }
+# Stored weight formats that are not Quantizers (no fake quantization, no estimator).
+WEIGHT_FORMATS = {"nf4_qlora": NF4_QLORA}
 
 
 def get(name: str) -> Quantizer:

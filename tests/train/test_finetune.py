@@ -126,13 +126,14 @@ def test_qlora_resumes_bit_exactly_from_its_own_checkpoint(pretrained, tmp_path)
     ckpt.close()
     for x, y in zip(jax.tree.leaves(a.state), jax.tree.leaves(b_state), strict=True):
         np.testing.assert_array_equal(x, y)
-    # The frozen base: NF4 codes of the pretrained kernels, packed two to a byte, untouched by training.
-    q = lp.nn.weight_quantizer("nf4")
+    # The frozen base (finetune.base_format's default nf4_qlora): bitsandbytes' NF4 codes of the
+    # pretrained kernels, packed two to a byte, untouched by training.
+    q = lp.nn.weight_quantizer("nf4_qlora")
     pre_params = restore.load_run(pretrained).params
     for group, name in TARGETS:
         codes = getattr(getattr(a.model.blocks, group), name).base.codes[...]
         kernel = pre_params["blocks"][group][name]["kernel"][...]
-        want = jax.jit(jax.vmap(lambda w: lp.formats.pack(q.quantize(w).codes, 4)))(kernel)
+        want = jax.jit(jax.vmap(lambda w: q.quantize(w).packed))(kernel)
         assert codes.dtype == jnp.uint8
         np.testing.assert_array_equal(codes, want)
     # Memory: adapters only in the optimizer; the record and the script's summary say so.
