@@ -87,7 +87,8 @@ def quantize(x, q: Quantizer | None, contraction, key, dtype, history=None,
         _log_no_cast_transpose(x.shape, split, why)
     xg, _ = q.granularity.to_groups(x.astype(jnp.float32))
     if cast is not None:  # the same rounding as a saturating convert: cheap, and it fuses into transposes
-        unit = jnp.clip(xg / s, -q.format.max, q.format.max).astype(native.FP8_DTYPES[cast])
+        unit = scaling.apply_inverse(xg, s)  # not xg / s: 0 / 0 at a scale XLA:CPU flushes
+        unit = jnp.clip(unit, -q.format.max, q.format.max).astype(native.FP8_DTYPES[cast])
         return Operand(unit, s, _pow2_scales(q)), s
     if q.rounding == "stochastic":
         unit = q.format.decode(qt.codes)

@@ -227,7 +227,25 @@ def test_block_kernel_exact_at_tiny_magnitudes():
         np.testing.assert_array_equal(got[checked], want[checked])
 
 
-@pytest.mark.parametrize("recipe", ["mxfp8", "nvfp4", "fp8", "mxfp4", "fp4_msamp", "w4a4"])
+def _dense_reference(recipe, x, w):
+    """The forward of an OCC recipe from its (exact) quantizers, in float64: ``q_act(xc) @ q_w(w)``
+    plus the compensation, ``residual @ w`` in the residual's dtype (separate) or the residual
+    joined to ``q_act(xc)`` before the GEMM (fused)."""
+    from lowprec.ops import operand
+    from lowprec.quant import occ as occ_lib
+    q_act, q_w = recipe.fwd_act, recipe.fwd_weight
+    xc, residual = occ_lib.clamp(x, q_act.occ)
+    a = operand.bind(q_act.replace(occ=None), (1,))(xc)
+    b = np.asarray(operand.bind(q_w, (0,))(w), np.float64)
+    if recipe.compensation == "fused":
+        joined = (a + residual.astype(jnp.float32)).astype(residual.dtype)
+        return np.asarray(joined.astype(jnp.float32), np.float64) @ b
+    w_r = np.asarray(w.astype(residual.dtype).astype(jnp.float32), np.float64)
+    return np.asarray(a, np.float64) @ b + np.asarray(residual.astype(jnp.float32), np.float64) @ w_r
+
+
+@pytest.mark.parametrize("recipe", ["mxfp8", "nvfp4", "fp8", "mxfp4", "fp4_msamp", "w4a4", "fp4_paper",
+                                    "fp4_paper_fast"])
 def test_quant_dense_step_has_no_nan_at_tiny_magnitudes(recipe):
     dense = lp.nn.QuantDense(64, 32, recipe=recipe, rngs=nnx.Rngs(0))
     dense.kernel.value = jnp.asarray(_data(2.0 ** -118, shape=(64, 32)))
@@ -237,10 +255,17 @@ def test_quant_dense_step_has_no_nan_at_tiny_magnitudes(recipe):
     @jax.jit
     def step(params, x):
         def loss(params, x):
-            return jnp.sum(nnx.merge(graph, params)(x) ** 2)
-        return jax.value_and_grad(loss, argnums=(0, 1))(params, x)
+            y = nnx.merge(graph, params)(x)
+            return jnp.sum(y ** 2), y
+        return jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, x)
 
-    value, (g_params, g_x) = step(params, x)
+    (value, y), (g_params, g_x) = step(params, x)
     assert np.isfinite(value)
     for g in jax.tree.leaves(g_params) + [g_x]:
         assert np.isfinite(np.asarray(g)).all()
+    r = lp.recipes.get(recipe)
+    if r.fwd_act.occ is not None:  # OCC's forward: its exact quantizers and the compensation
+        want = _dense_reference(r, x, dense.kernel.value)
+        normal = np.abs(want) >= MIN_NORMAL
+        assert normal.any() or r.compensation == "fused"  # separate: the residual GEMM's normal results
+        np.testing.assert_array_equal(np.asarray(y, np.float64)[normal], want[normal])
