@@ -15,7 +15,7 @@ import re
 
 from lowprec.models import llama
 from lowprec.optim import get_policy
-from lowprec.train import finetune, run_recipes
+from lowprec.train import finetune_modes, run_recipes
 
 # (field, lowest, highest or None, integer?): bounds inclusive unless OPEN_AT names the open end.
 RANGES = (
@@ -57,8 +57,8 @@ def check(cfg, device_count: int | None = None) -> None:
         raise ConfigError(f"mesh.devices must be -1 (all) or 1 to {device_count or 'the device count'}; "
                           f"got {devices!r}")
     for field, call in (("model.size", lambda: llama.config_for(cfg.model.size)),
-                        ("policy", lambda: get_policy(cfg.policy)), ("", lambda: finetune.check(cfg))):
-        try:  # the messages of finetune.check name their fields
+                        ("policy", lambda: get_policy(cfg.policy)), ("", lambda: finetune_modes.check(cfg))):
+        try:  # the messages of finetune_modes.check name their fields
             call()
         except (ValueError, KeyError, TypeError) as e:
             raise ConfigError(_one_line(f"{field}: {e}" if field else str(e))) from None

@@ -8,6 +8,11 @@ every parameter trains while the targeted layers' weights pass through ``base_fo
 quantizer with the ``qat_estimator`` gradient), and ``eval_quantized`` (a format: at the end,
 the validation loss of the model with its targeted weights rounded to it, adapters merged
 first). The training loop calls these functions; a resumed run restores its own checkpoint.
+
+The block itself (defaults, check) and what each mode changes in a freshly built model (qat's
+recipe rule, adapters, the trainable split) are ``finetune_modes``', re-exported here; this
+module adds what reads another run: starting from ``init_from`` and ``load_finetuned``. It
+imports ``build`` and ``restore``, never ``loop`` (the chain is described in ``lowprec.train``).
 """
 
 from __future__ import annotations
@@ -15,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import re
 from typing import Any
 
 import jax
@@ -25,87 +29,23 @@ import numpy as np
 from flax import nnx
 
 from lowprec.nn import assign_recipes, lora
-from lowprec.ops import Recipe
-from lowprec.quant import get_estimator
-from lowprec.train import checkpoint
+from lowprec.train import build, checkpoint, restore, run_recipes, sharding
+from lowprec.train.checkpoint import Checkpointer, abstract
+# The finetune block and its modes' construction, at their old import paths (finetune.settings, ...).
+from lowprec.train.finetune_modes import (  # noqa: F401
+    ADAPTER_MODES, DEFAULTS, MODES, QAT_ESTIMATORS, adapt, check, qat_rules, settings, split, trainable_filter,
+    weight_only_recipe,
+)
 
 log = logging.getLogger(__name__)
 
-MODES = ("full", "lora", "qlora", "qat")
-ADAPTER_MODES = ("lora", "qlora")
-QAT_ESTIMATORS = ("ste", "dge")
-DEFAULTS = dict(init_from="", mode="full", lora_rank=8, lora_alpha=16.0, lora_targets="attn|mlp", lora_dropout=0.0,
-                base_format="nf4", qat_estimator="ste", eval_quantized="")
 # Model fields a fine-tune must share with the run it starts from (the parameters' shapes).
 _SHAPE_FIELDS = ("size", "vocab_size", "tie_embeddings")
-
-
-def settings(cfg) -> ml_collections.ConfigDict:
-    """The run's ``finetune`` block; configs written before fine-tuning existed have none, and
-    then mean a plain training run (the defaults)."""
-    return cfg.finetune if "finetune" in cfg else ml_collections.ConfigDict(DEFAULTS)
-
-
-def check(cfg) -> None:
-    """Raises ValueError naming the field and its allowed values for a bad ``finetune`` block."""
-    ft = settings(cfg)
-    unknown = sorted(set(ft.keys()) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown finetune field(s) {', '.join(unknown)}; known: {', '.join(DEFAULTS)}")
-    if ft.mode not in MODES:
-        raise ValueError(f"unknown finetune.mode {ft.mode!r}; known: {', '.join(MODES)}")
-    if ft.qat_estimator not in QAT_ESTIMATORS:
-        raise ValueError(f"unknown finetune.qat_estimator {ft.qat_estimator!r}; known: {', '.join(QAT_ESTIMATORS)}")
-    try:
-        re.compile(ft.lora_targets)
-    except re.error as e:
-        raise ValueError(f"finetune.lora_targets {ft.lora_targets!r} is not a regular expression: {e}") from None
-    if ft.mode in ("qlora", "qat"):
-        _quantizer("finetune.base_format", ft.base_format)
-    if ft.eval_quantized:
-        _quantizer("finetune.eval_quantized", ft.eval_quantized)
-    if ft.mode in ADAPTER_MODES:
-        try:
-            lora.check_hyperparameters(ft.lora_rank, ft.lora_alpha, ft.lora_dropout)
-        except ValueError as e:
-            raise ValueError(f"finetune.lora_rank/lora_alpha/lora_dropout: {e}") from None
-        if cfg.train.telemetry_every:
-            raise ValueError(f"train.telemetry_every={cfg.train.telemetry_every} needs finetune.mode full or qat "
-                             f"(the telemetry twin has no adapters); got mode {ft.mode!r}: set it to 0")
-
-
-def _quantizer(field: str, spec: str):
-    try:
-        return lora.weight_quantizer(spec)
-    except ValueError as e:
-        raise ValueError(f"{field}: {e}") from None
-
-
-def weight_only_recipe(spec: str, estimator: str = "ste") -> Recipe:
-    """GEMMs in the model's compute dtype whose weight operand is rounded by
-    ``weight_quantizer(spec)`` (gradient: ``estimator``); the backward reuses the rounded
-    weight, as the forward saw it; activations and gradients stay unquantized."""
-    q = lora.weight_quantizer(spec).replace(estimator=get_estimator(estimator))
-    return Recipe(fwd_weight=q, reuse_forward=True, name=f"weights:{spec}+{estimator}")
-
-
-def qat_rules(cfg) -> list[tuple[str, Recipe]]:
-    """The recipe rule that puts the targeted layers' weights through the quantizer (qat mode)."""
-    ft = settings(cfg)
-    if ft.mode != "qat":
-        return []
-    return [(ft.lora_targets, weight_only_recipe(ft.base_format, ft.qat_estimator))]
-
-
-def trainable_filter(cfg):
-    return lora.LoRAParam if settings(cfg).mode in ADAPTER_MODES else nnx.Param
 
 
 def check_init_from(cfg) -> None:
     """Raises ValueError unless ``finetune.init_from`` is a run with plain parameters of the
     configured model's shapes (read from its config.json, before any model is built)."""
-    from lowprec.train import restore, run_recipes  # restore imports the loop, which imports this module
-
     ft = settings(cfg)
     pre_cfg = restore.read_config(ft.init_from)
     run_recipes.check_run(ft.init_from, pre_cfg)
@@ -123,8 +63,6 @@ def load_pretrained(cfg, model: nnx.Module) -> dict:
     """Sets ``model``'s Params from ``finetune.init_from``'s latest checkpoint (cast to the
     model's dtypes); returns where they came from: the run, the checkpoint's step and its
     fingerprint (``checkpoint.fingerprint``), recorded as the fine-tune's ``init`` metrics."""
-    from lowprec.train import restore
-
     ft = settings(cfg)
     pre = restore.load_run(ft.init_from, devices=jax.local_devices()[:1])
     target = nnx.state(model, nnx.Param)
@@ -135,31 +73,6 @@ def load_pretrained(cfg, model: nnx.Module) -> dict:
     log.info("initialized from %s (step %d, checkpoint %s, policy %s)", ft.init_from, pre.step, source["checkpoint"],
              pre.cfg.policy)
     return source
-
-
-def adapt(cfg, model: nnx.Module) -> dict:
-    """Adds the adapters of lora/qlora modes to ``model`` in place; ``{path: (in, out)}``."""
-    ft = settings(cfg)
-    if ft.mode not in ADAPTER_MODES:
-        return {}
-    if not ft.init_from:
-        log.warning("finetune.mode=%s without finetune.init_from: adapters on a randomly initialized base", ft.mode)
-    return lora.apply_lora(model, ft.lora_targets, ft.lora_rank, ft.lora_alpha, dropout=ft.lora_dropout,
-                           base=ft.base_format if ft.mode == "qlora" else None, rngs=nnx.Rngs(cfg.seed + 3))
-
-
-def split(cfg, model: nnx.Module):
-    """(graphdef, eval graphdef, trainable, frozen or None, rest): adapters vs the rest in
-    lora/qlora modes, every Param in full/qat modes; the eval graph has LoRA dropout off."""
-    trainable = trainable_filter(cfg)
-    if trainable is nnx.Param:
-        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-        return graphdef, graphdef, params, None, rest
-    graphdef, params, frozen, rest = nnx.split(model, trainable, nnx.Any(nnx.Param, lora.QuantizedWeight), ...)
-    lora.set_deterministic(model, True)
-    eval_graphdef = nnx.graphdef(model)
-    lora.set_deterministic(model, False)
-    return graphdef, eval_graphdef, params, frozen, rest
 
 
 def quantized_model(cfg, graphdef, params, frozen, rest, amax=None):
@@ -188,16 +101,13 @@ def load_finetuned(workdir: str, step: int | None = None, devices=None) -> Finet
     """A fine-tuned run of any mode at checkpoint ``step`` (default: the latest) on ``devices``
     (default: the first local device), e.g. ``lp.nn.merge_lora(load_finetuned(d).model, requantize=True)``
     for deployment. Nothing is read from its ``init_from``."""
-    from lowprec.train import loop, restore, sharding
-    from lowprec.train.checkpoint import Checkpointer, abstract
-
     workdir = os.path.abspath(workdir)  # orbax needs absolute paths
     cfg = restore.read_config(workdir)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.train.keep_checkpoints, async_save=False)
     step = ckpt.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"{workdir} has no checkpoint to restore")
-    built = loop.setup(cfg, sharding.make_mesh({"data": -1}, devices or jax.devices()[:1]), pretrained=False)
+    built = build.setup(cfg, sharding.make_mesh({"data": -1}, devices or jax.devices()[:1]))
     state, _ = ckpt.restore(step, abstract(built.state))
     ckpt.close()
     extra = (v for v in (getattr(state, "frozen", None), state.amax) if v is not None)

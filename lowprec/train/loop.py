@@ -1,8 +1,16 @@
-"""The training loop: mesh, sharded state, jitted steps, eval, metrics, checkpoints, resume."""
+"""The training loop: ``train(cfg, workdir)`` checks the config, prepares the run directory and
+runs ``_train``'s phases (build, restore or start, the steps, the end); metrics, checkpoints, resume.
+
+The top of ``lowprec.train``'s chain: it imports ``build`` (mesh, model, optimizer, state,
+corpus) and ``finetune`` (``init_from``, ``eval_quantized``, memory records), which import
+nothing from it. The construction functions it once held (``make_model``, ``build_model``,
+``make_optimizer``, ``setup``, ``load_corpus``, ...) are ``build``'s, importable from here as before.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import signal
@@ -12,85 +20,26 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import nnx
 
 from lowprec import data as lpdata
-from lowprec.models import llama
-from lowprec.nn import assign_recipes
-from lowprec.ops import recipes
-from lowprec.optim import get_policy
-from lowprec.train import config_check, distributed, finetune, imports, run_recipes, sharding
+from lowprec.train import config_check, distributed, finetune, imports
+# Construction from a run config lives in build; these names stay importable from the loop.
+from lowprec.train.build import (  # noqa: F401
+    Setup, build_model, check_kernels_fit, load_corpus, make_mesh, make_model, make_optimizer, recipe_rules, setup,
+    shard,
+)
 from lowprec.train.checkpoint import Checkpointer, abstract, latest_on_disk
 from lowprec.train.config_check import ConfigError
 from lowprec.train.metrics import MetricsWriter
 from lowprec.train.progress import Progress, model_flops_per_token, peak_flops
 from lowprec.train.rundir import RunDir
-from lowprec.train.step import (
-    FinetuneState, TrainState, make_eval_step, make_loss_fn, make_train_step, split_histories,
-)
+from lowprec.train.step import FinetuneState, make_eval_step, make_loss_fn, make_train_step
 from lowprec.train.telemetry import first_nonfinite, flatten, make_telemetry_fn, nonfinite_params
 
 log = logging.getLogger(__name__)
 
-
 class NonFiniteLoss(RuntimeError):
     """The loss went inf/NaN; the message names the step (and the first non-finite layers)."""
-
-
-def make_model(cfg):
-    """(LlamaConfig, Policy, model) of ``cfg``, its recipes assigned, its parameters initialized from ``cfg.seed``."""
-    policy = get_policy(cfg.policy)
-    mcfg = llama.config_for(cfg.model.size, tie_embeddings=cfg.model.tie_embeddings, remat=cfg.model.remat,
-                            scan_unroll=cfg.model.get("scan_unroll", 0),
-                            dtype=policy.compute_dtype, param_dtype=policy.param_dtype,
-                            vocab_size=cfg.model.vocab_size, attention=cfg.model.attention or None)
-    model = llama.Llama(mcfg, nnx.Rngs(cfg.seed))
-    assign_recipes(model, recipe_rules(cfg))
-    return mcfg, policy, model
-
-
-def build_model(cfg, mesh):
-    """The model with its recipes assigned, its Params sharded on ``mesh`` by logical names."""
-    _check_kernels_fit(cfg, mesh)
-    mcfg, policy, model = make_model(cfg)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    params, shardings = shard(params, mesh)
-    return mcfg, policy, graphdef, params, rest, shardings
-
-
-def _check_kernels_fit(cfg, mesh) -> None:
-    """A recipe whose Pallas kernel XLA cannot partition is an error on a mesh of several devices
-    (XLA would gather each of its operands onto every device, silently)."""
-    if mesh.devices.size == 1:
-        return
-    for _, spec in recipe_rules(cfg):
-        if recipes.get(spec).fp8_transposes == "pallas":
-            raise ConfigError(f"recipe {spec if isinstance(spec, str) else spec.name!r} has fp8_transposes='pallas', "
-                             f"whose cast-transpose kernel is not partitioned across the mesh's {mesh.devices.size} "
-                             "devices: train it on one device (mesh.devices=1), or use fp8_transposes='fused'")
-
-
-def shard(state, mesh):
-    """(``state`` placed on ``mesh`` by its variables' logical axis names, the shardings)."""
-    specs = nnx.get_partition_spec(state)
-    shardings = jax.tree.map(lambda spec, p: sharding.named_sharding(spec, p.shape, mesh), specs, state)
-    return jax.device_put(state, shardings), shardings
-
-
-def recipe_rules(cfg) -> list[tuple]:
-    """qat mode's rule for its targeted layers first, then the config's rules, then its recipe;
-    names resolved through the run's recorded definitions (``run_recipes.resolve``)."""
-    return finetune.qat_rules(cfg) + run_recipes.rules(cfg) + [(".*", run_recipes.resolve(cfg, cfg.recipe))]
-
-
-def make_optimizer(cfg, policy):
-    o = cfg.optim
-    schedule = optax.warmup_cosine_decay_schedule(0.0, o.lr, o.warmup_steps, max(cfg.train.steps, o.warmup_steps + 1),
-                                                  end_value=o.lr * o.min_lr_ratio)
-    inner = optax.chain(optax.clip_by_global_norm(o.clip_norm),
-                        optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay))
-    return policy.optimizer(inner, key=jax.random.key(cfg.seed + 1)), schedule
 
 
 def train(cfg, workdir: str, stop_at: int | None = None, resume_override: bool = False,
@@ -109,9 +58,39 @@ def train(cfg, workdir: str, stop_at: int | None = None, resume_override: bool =
     """
     t0 = time.perf_counter()
     imported = imports.from_config(cfg)  # first: the user's modules register the names checked next
+    mesh = _check(cfg)
+    run, handler = _open_run(cfg, workdir, imported, resume_override, library_logs)
+    stop = {"signal": None}
+    previous = {s: signal.signal(s, _signal_handler(stop)) for s in (signal.SIGTERM, signal.SIGINT)}
+    forget = distributed.on_peer_lost(lambda reason: run.set_status("failed", reason))
+    try:
+        result = _train(cfg, run, mesh, stop, stop_at)
+        _record_end(run, result, stop)
+        log.info("%s", summary(result, time.perf_counter() - t0, cfg.data.batch_size * cfg.data.seq_len))
+        return result
+    except Exception as e:
+        _log_traceback(handler, e)
+        run.set_status("failed", f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        for s, before in previous.items():
+            signal.signal(s, before)
+        forget()
+        run.detach_log(handler)
+
+
+def _check(cfg):
+    """The config's mesh, once the config's values and names, the mesh and its kernels are
+    checked (``ConfigError``: nothing is made before)."""
     config_check.check(cfg, jax.device_count())
     mesh = make_mesh(cfg)
-    _check_kernels_fit(cfg, mesh)
+    check_kernels_fit(cfg, mesh)
+    return mesh
+
+
+def _open_run(cfg, workdir: str, imported: list, resume_override: bool, library_logs: bool):
+    """(the run directory, its log.txt handler): made or reopened, a resume under a changed
+    config refused or recorded (``_resume_changes``), config.json written, STATUS running."""
     try:
         run = RunDir(workdir, writer=jax.process_index() == 0)
     except OSError as e:
@@ -130,36 +109,29 @@ def train(cfg, workdir: str, stop_at: int | None = None, resume_override: bool =
         log.warning("resuming under a changed config (resume_override): %s", config_check.describe_changes(changed))
     run.write_config(new_config)
     run.set_status("running")
-    stop = {"signal": None}
+    return run, handler
 
+
+def _signal_handler(stop: dict):
+    """The SIGTERM/SIGINT handler: asks ``stop`` to stop at the next step; a second Ctrl-C stops at once."""
     def on_signal(signum, frame):
         if signum == signal.SIGINT and signal.SIGINT in (stop["signal"], stop.get("asked")):
             raise KeyboardInterrupt  # a second Ctrl-C: no checkpoint
         stop["asked"] = signum  # acted on at the next step's agree_on_stop, in every process at one step
+    return on_signal
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    forget = distributed.on_peer_lost(lambda reason: run.set_status("failed", reason))
-    try:
-        result = _train(cfg, run, mesh, stop, stop_at)
-        if stop["signal"] is None:
-            run.set_status("done")
-        else:
-            how = _stop_name(stop["signal"])
-            if isinstance(stop["signal"], int):
-                result["interrupted"] = how
-                how += f" (exit code {exit_code(result)})"
-            run.set_status("running", f"interrupted by {how} at step {result['step']}; rerun to resume")
-        log.info("%s", summary(result, time.perf_counter() - t0, cfg.data.batch_size * cfg.data.seq_len))
-        return result
-    except Exception as e:
-        _log_traceback(handler, e)
-        run.set_status("failed", f"{type(e).__name__}: {e}")
-        raise
-    finally:
-        for s, before in previous.items():
-            signal.signal(s, before)
-        forget()
-        run.detach_log(handler)
+
+def _record_end(run: RunDir, result: dict, stop: dict) -> None:
+    """STATUS of a run that returned: done, or still running after a stop (the result's
+    ``interrupted`` names a signal)."""
+    if stop["signal"] is None:
+        run.set_status("done")
+        return
+    how = _stop_name(stop["signal"])
+    if isinstance(stop["signal"], int):
+        result["interrupted"] = how
+        how += f" (exit code {exit_code(result)})"
+    run.set_status("running", f"interrupted by {how} at step {result['step']}; rerun to resume")
 
 
 def exit_code(result: dict) -> int:
@@ -214,68 +186,52 @@ def _log_traceback(handler: logging.Handler, e: BaseException) -> None:
     handler.handle(record)
 
 
-def make_mesh(cfg):
-    """The config's mesh: ``mesh.devices`` devices (-1: all) with its axis sizes; ConfigError if they do not fit."""
-    sizes = {k: v for k, v in cfg.mesh.items() if k != "devices"}
-    devices = jax.devices() if cfg.mesh.devices == -1 else jax.devices()[:cfg.mesh.devices]
-    try:
-        return sharding.make_mesh(sizes, devices)
-    except ValueError as e:
-        raise ConfigError(" ".join(f"mesh: {e}".split())) from None
-
-
 @dataclasses.dataclass
-class Setup:
-    """A run's model (split), initial state and optimizer, before any checkpoint is restored."""
+class _Parts:
+    """What the phases of one run share: its config and mesh, what ``build.setup`` built, its
+    checkpoints, data, metrics and (fine-tunes) memory record."""
 
-    mcfg: llama.LlamaConfig
-    policy: Any
-    graphdef: Any         # the training graph
-    eval_graphdef: Any    # the same with LoRA dropout off
-    rest: Any             # variables neither trained, frozen nor step state (e.g. telemetry probes)
-    state: TrainState | FinetuneState
-    tx: optax.GradientTransformation
-    schedule: Any
-    full_params: Any      # shapes of the model's Params before adapters (for memory comparisons)
-    init: dict | None = None  # where pretrained Params came from (finetune.load_pretrained)
-
-
-def setup(cfg, mesh, pretrained: bool) -> Setup:
-    """Builds ``cfg``'s model on ``mesh`` (from ``finetune.init_from`` when ``pretrained``), adds
-    its adapters, splits trainable from frozen variables and initializes the optimizer."""
-    _check_kernels_fit(cfg, mesh)
-    if pretrained:
-        finetune.check_init_from(cfg)
-    mcfg, policy, model = make_model(cfg)
-    init = finetune.load_pretrained(cfg, model) if pretrained else None
-    full_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.state(model, nnx.Param))
-    finetune.adapt(cfg, model)
-    graphdef, eval_graphdef, params, frozen, rest = finetune.split(cfg, model)
-    amax, rest = split_histories(rest)
-    params, _ = shard(params, mesh)
-    tx, schedule = make_optimizer(cfg, policy)
-    opt_state = jax.jit(tx.init)(params)
-    if frozen is None:
-        state = TrainState(jnp.zeros((), jnp.int32), params, opt_state, amax)
-    else:
-        state = FinetuneState(jnp.zeros((), jnp.int32), params, opt_state, shard(frozen, mesh)[0], amax)
-    return Setup(mcfg, policy, graphdef, eval_graphdef, rest, sharding.onto_mesh(state, mesh), tx, schedule,
-                 full_params, init)
+    cfg: Any
+    run: RunDir
+    mesh: Any
+    built: Setup
+    ckpt: Checkpointer
+    resuming: bool        # a checkpoint is there to restore
+    corpus: lpdata.Corpus
+    batches: lpdata.Batches
+    evals: lpdata.EvalBatches
+    metrics: MetricsWriter
+    memory: dict | None   # fine-tunes: bytes of parameters, frozen storage and optimizer state
 
 
 def _train(cfg, run: RunDir, mesh, stop: dict, stop_at: int | None) -> dict:
+    """A checked run in its prepared directory, in four phases: build its state and data,
+    restore its checkpoint or start, the steps, the end. Returns the last metrics."""
+    p = _build(cfg, run, mesh)
+    state, start = _restore_or_start(p)
+    progress = Progress(cfg.train.steps, start, enabled=cfg.train.progress)
+    state, last = _steps(p, state, start, stop, stop_at, progress)
+    return _finish(p, state, start, last, progress)
+
+
+def _build(cfg, run: RunDir, mesh) -> _Parts:
+    """The run's model, state and optimizer (``setup``; from ``finetune.init_from`` unless a
+    checkpoint is there to resume: a resumed fine-tune restores its own, never init_from again),
+    logged; its corpus, batch iterators and metrics writer."""
     ft = finetune.settings(cfg)
     ckpt = Checkpointer(run.checkpoints, keep=cfg.train.keep_checkpoints)
     resuming = ckpt.latest_step() is not None
-    # A resumed fine-tune restores its own checkpoint, never init_from again.
-    built = setup(cfg, mesh, pretrained=bool(ft.init_from) and not resuming)
-    mcfg, policy, graphdef, rest, state, tx, schedule = (built.mcfg, built.policy, built.graphdef, built.rest,
-                                                          built.state, built.tx, built.schedule)
+    load_params = None
+    if ft.init_from and not resuming:
+        finetune.check_init_from(cfg)
+        load_params = finetune.load_pretrained
+    built = setup(cfg, mesh, load_params)
     log.info("model %s: %.1fM parameters (%d trainable); policy %s; mesh %s", cfg.model.size,
-             mcfg.num_params() / 1e6, sum(x.size for x in jax.tree.leaves(state.params)), policy, dict(mesh.shape))
+             built.mcfg.num_params() / 1e6, sum(x.size for x in jax.tree.leaves(built.state.params)), built.policy,
+             dict(mesh.shape))
     first = mesh.devices.flat[0]
     log.info("devices: %d x %s (%s)", mesh.devices.size, first.device_kind, first.platform)
-    memory = finetune.memory_summary(state, built.full_params, tx) if _is_finetune(ft) else None
+    memory = finetune.memory_summary(built.state, built.full_params, built.tx) if _is_finetune(ft) else None
 
     corpus = load_corpus(cfg)
     train_split, val_split = corpus.split()
@@ -283,45 +239,51 @@ def _train(cfg, run: RunDir, mesh, stop: dict, stop_at: int | None) -> dict:
                              seed=config_check.data_seed(cfg), mesh=mesh)
     evals = lpdata.EvalBatches(val_split, seq_len=cfg.data.seq_len, batch_size=cfg.data.batch_size,
                                max_batches=cfg.train.eval_batches, mesh=mesh)
-
     metrics = MetricsWriter(run.metrics, run.tensorboard, enabled=run.writer)
-    start = 0
-    if resuming:
-        _, state, meta = ckpt.restore_latest(abstract(state))  # skips (and sets aside) unreadable ones
-        batches.restore(meta["data"])
+    return _Parts(cfg, run, mesh, built, ckpt, resuming, corpus, batches, evals, metrics, memory)
+
+
+def _restore_or_start(p: _Parts):
+    """(state, first step): the latest readable checkpoint's state and data position (metrics
+    after it dropped), or the built state at step 0 (an earlier start's metrics dropped; a
+    fine-tune's ``init`` record written)."""
+    state, start = p.built.state, 0
+    if p.resuming:
+        _, state, meta = p.ckpt.restore_latest(abstract(state))  # skips (and sets aside) unreadable ones
+        p.batches.restore(meta["data"])
         start = int(state.step)
-        metrics.truncate_after(start)
+        p.metrics.truncate_after(start)
         log.info("resumed at step %d", start)
-    elif dropped := metrics.truncate_after(-1):  # a start with no checkpoint begins the record again
+    elif dropped := p.metrics.truncate_after(-1):  # a start with no checkpoint begins the record again
         log.warning("no checkpoint in %s: starting at step 0; dropped %d metrics records of an earlier start",
-                    run.checkpoints, dropped)
-    if not resuming and built.init is not None:
-        metrics.write(0, "init", built.init)
+                    p.run.checkpoints, dropped)
+    if not p.resuming and p.built.init is not None:
+        p.metrics.write(0, "init", p.built.init)
+    return state, start
 
-    loss_fn = make_loss_fn(graphdef, rest, jax.random.key(cfg.seed + 2))
+
+def _steps(p: _Parts, state, start: int, stop: dict, stop_at: int | None, progress: Progress):
+    """(state, last metrics) after steps ``start`` to ``train.steps``, or up to a stop (a
+    signal, ``stop_at``; agreed by every process at one step). Every ``log_every`` steps the
+    train metrics (and the loss's finiteness), every ``telemetry_every`` the layer telemetry,
+    every ``eval_every`` validation, every ``checkpoint_every`` (and at a stop) a checkpoint."""
+    cfg, built = p.cfg, p.built
+    loss_fn = make_loss_fn(built.graphdef, built.rest, jax.random.key(cfg.seed + 2))
     state_sh = jax.tree.map(lambda x: x.sharding, state)
-    train_step = jax.jit(make_train_step(loss_fn, tx, cfg.optim.grad_accum, policy.loss_scale != "none"),
-                         in_shardings=(state_sh, lpdata.batch_sharding(mesh)), out_shardings=(state_sh, None),
+    train_step = jax.jit(make_train_step(loss_fn, built.tx, cfg.optim.grad_accum, built.policy.loss_scale != "none"),
+                         in_shardings=(state_sh, lpdata.batch_sharding(p.mesh)), out_shardings=(state_sh, None),
                          donate_argnums=0)
-    eval_step = jax.jit(make_eval_step(make_loss_fn(built.eval_graphdef, rest, jax.random.key(cfg.seed + 2))))
-    frozen_of = lambda st: getattr(st, "frozen", None)  # noqa: E731
-
+    eval_step = jax.jit(make_eval_step(make_loss_fn(built.eval_graphdef, built.rest, jax.random.key(cfg.seed + 2))))
+    telemetry_fn = functools.cache(lambda: make_telemetry_fn(built.mcfg, recipe_rules(cfg), cfg.seed))
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
-    flops = model_flops_per_token(mcfg, cfg.data.seq_len) * tokens_per_step
-    telemetry_fn = None
-    progress = Progress(cfg.train.steps, start, enabled=cfg.train.progress)
+    flops = model_flops_per_token(built.mcfg, cfg.data.seq_len) * tokens_per_step
     last = {"step": start}
-    t_last, step = time.perf_counter(), start
+    t_last = time.perf_counter()
     compiled = None
     for step in range(start, cfg.train.steps):
-        tokens = next(batches)
-        if compiled is None:  # compiled ahead of time once: its memory analysis comes with it
-            compiled = train_step.lower(state, tokens).compile()
-            if memory is not None:
-                memory.update(finetune.compiled_memory(compiled))
-                log.info("memory: %s", ", ".join(f"{k}={v}" for k, v in memory.items()))
-                if start == 0:
-                    metrics.write(0, "memory", memory)
+        tokens = next(p.batches)
+        if compiled is None:
+            compiled = _compile(p, train_step, state, tokens, start)
         state, m = compiled(state, tokens)
         done = step + 1
         if stop_at is not None and done >= stop_at:
@@ -330,64 +292,98 @@ def _train(cfg, run: RunDir, mesh, stop: dict, stop_at: int | None) -> dict:
                                                    done % cfg.train.log_every == 0)
         if done % cfg.train.log_every == 0 or done == cfg.train.steps:
             m = jax.device_get(m)
-            if not math.isfinite(float(m["loss"])) and policy.loss_scale == "none":
-                if isinstance(state, FinetuneState):
-                    raise NonFiniteLoss(f"loss is {float(m['loss'])} at step {done} (checked every "
-                                        f"{cfg.train.log_every} steps; adapter runs have no layer telemetry)")
-                telemetry_fn = telemetry_fn or make_telemetry_fn(mcfg, recipe_rules(cfg), cfg.seed)
-                inter, _ = telemetry_fn(state.params, tokens, state.amax)
-                bad = nonfinite_params(state.params)
-                raise NonFiniteLoss(f"loss is {float(m['loss'])} at step {done} (checked every "
-                                    f"{cfg.train.log_every} steps); first non-finite: {first_nonfinite(inter)}; "
-                                    f"non-finite parameters: {', '.join(bad[:6]) or 'none'}")
+            _check_finite(p, state, m, tokens, done, telemetry_fn)
             dt = (time.perf_counter() - t_last) / cfg.train.log_every
             t_last = time.perf_counter()
-            values = {**m, "lr": float(schedule(done - 1)), "step_time_s": dt,
-                      "tokens": done * tokens_per_step, "tokens_per_s": tokens_per_step / dt}
-            peak = peak_flops(jax.devices()[0])
-            if peak:
-                values["mfu"] = flops / dt / (peak * jax.device_count())
-            metrics.write(done, "train", values)
+            values = _train_values(p, m, done, dt, tokens_per_step, flops)
+            p.metrics.write(done, "train", values)
             progress.update(done, values)
             last = {"step": done, **{k: float(v) for k, v in values.items()}}
         if cfg.train.telemetry_every and done % cfg.train.telemetry_every == 0:
-            telemetry_fn = telemetry_fn or make_telemetry_fn(mcfg, recipe_rules(cfg), cfg.seed)
-            metrics.write(done, "telemetry", flatten(*jax.device_get(telemetry_fn(state.params, tokens, state.amax))))
+            p.metrics.write(done, "telemetry",
+                            flatten(*jax.device_get(telemetry_fn()(state.params, tokens, state.amax))))
         if done % cfg.train.eval_every == 0 or done == cfg.train.steps:
-            ev = evaluate(eval_step, state.params, evals, mesh, corpus.bytes_per_token, frozen_of(state), state.amax)
-            metrics.write(done, "val", ev)
+            ev = evaluate(eval_step, state.params, p.evals, p.mesh, p.corpus.bytes_per_token, _frozen(state),
+                          state.amax)
+            p.metrics.write(done, "val", ev)
             log.info("step %d: validation loss %.4f (%.4f bits/byte)", done, ev["loss"], ev["bits_per_byte"])
             last.update({f"val_{k}": v for k, v in ev.items()})
         if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps or stop["signal"]:
-            ckpt.save(done, state, {"data": batches.state(), "step": done}, force=bool(stop["signal"]))
+            p.ckpt.save(done, state, {"data": p.batches.state(), "step": done}, force=bool(stop["signal"]))
         if stop["signal"]:
             log.warning("%s: saved step %d and stopping", _stop_name(stop["signal"]), done)
             break
+    return state, last
+
+
+def _compile(p: _Parts, train_step, state, tokens, start: int):
+    """The train step compiled ahead of time, once: a fine-tune's memory record gets its
+    memory analysis (logged; written at step 0 by a run that starts)."""
+    compiled = train_step.lower(state, tokens).compile()
+    if p.memory is not None:
+        p.memory.update(finetune.compiled_memory(compiled))
+        log.info("memory: %s", ", ".join(f"{k}={v}" for k, v in p.memory.items()))
+        if start == 0:
+            p.metrics.write(0, "memory", p.memory)
+    return compiled
+
+
+def _train_values(p: _Parts, m: dict, done: int, dt: float, tokens_per_step: int, flops: float) -> dict:
+    """Step ``done``'s train record: the step's metrics, learning rate, seconds a step (``dt``),
+    tokens so far, tokens/s and, where the device's peak is known, MFU."""
+    values = {**m, "lr": float(p.built.schedule(done - 1)), "step_time_s": dt,
+              "tokens": done * tokens_per_step, "tokens_per_s": tokens_per_step / dt}
+    peak = peak_flops(jax.devices()[0])
+    if peak:
+        values["mfu"] = flops / dt / (peak * jax.device_count())
+    return values
+
+
+def _check_finite(p: _Parts, state, m: dict, tokens, done: int, telemetry_fn) -> None:
+    """NonFiniteLoss if the fetched loss ``m["loss"]`` is inf/NaN in a run without loss scaling,
+    naming the step, the first non-finite layer and parameters (the layer telemetry's)."""
+    cfg = p.cfg
+    if math.isfinite(float(m["loss"])) or p.built.policy.loss_scale != "none":
+        return
+    if isinstance(state, FinetuneState):
+        raise NonFiniteLoss(f"loss is {float(m['loss'])} at step {done} (checked every "
+                            f"{cfg.train.log_every} steps; adapter runs have no layer telemetry)")
+    inter, _ = telemetry_fn()(state.params, tokens, state.amax)
+    bad = nonfinite_params(state.params)
+    raise NonFiniteLoss(f"loss is {float(m['loss'])} at step {done} (checked every "
+                        f"{cfg.train.log_every} steps); first non-finite: {first_nonfinite(inter)}; "
+                        f"non-finite parameters: {', '.join(bad[:6]) or 'none'}")
+
+
+def _finish(p: _Parts, state, start: int, last: dict, progress: Progress) -> dict:
+    """``last`` with the final step, a fine-tune's quantized validation (``eval_quantized``, once
+    the run reaches ``train.steps``) and its memory record; checkpoints, metrics and progress closed."""
+    cfg, built = p.cfg, p.built
+    ft = finetune.settings(cfg)
     last["step"] = int(jax.device_get(state.step))
     if ft.eval_quantized and start < cfg.train.steps == last["step"]:
-        g, p, r = finetune.quantized_model(cfg, built.eval_graphdef, state.params, frozen_of(state), rest, state.amax)
-        ev = evaluate(jax.jit(make_eval_step(make_loss_fn(g, r, jax.random.key(cfg.seed + 2)))), p, evals, mesh,
-                      corpus.bytes_per_token)
-        metrics.write(last["step"], "val_quantized", ev)
+        g, params, r = finetune.quantized_model(cfg, built.eval_graphdef, state.params, _frozen(state), built.rest,
+                                                state.amax)
+        ev = evaluate(jax.jit(make_eval_step(make_loss_fn(g, r, jax.random.key(cfg.seed + 2)))), params, p.evals,
+                      p.mesh, p.corpus.bytes_per_token)
+        p.metrics.write(last["step"], "val_quantized", ev)
         log.info("validation loss with weights in %s: %.4f", ft.eval_quantized, ev["loss"])
         last.update({f"val_quantized_{k}": v for k, v in ev.items()})
-    if memory is not None:
-        last["memory"] = memory
-    ckpt.close()
-    metrics.close()
+    if p.memory is not None:
+        last["memory"] = p.memory
+    p.ckpt.close()
+    p.metrics.close()
     progress.close()
     return last
 
 
+def _frozen(state):
+    """A fine-tune's frozen variables (None for a TrainState)."""
+    return getattr(state, "frozen", None)
+
+
 def _is_finetune(ft) -> bool:
     return bool(ft.init_from) or ft.mode != "full"
-
-
-def load_corpus(cfg) -> lpdata.Corpus:
-    """The run config's corpus: ``data.source`` / ``data.path``, restricted to ``data.include`` /
-    ``data.exclude`` ("" or absent in older configs: no restriction)."""
-    d = cfg.data
-    return lpdata.load(d.source, d.path or None, include=d.get("include") or None, exclude=d.get("exclude") or None)
 
 
 def evaluate(eval_step, params, evals, mesh, bytes_per_token: float = 1.0, frozen=None, amax=None) -> dict:

@@ -4,7 +4,9 @@
     run.model(tokens_BxT)                            # an nnx.Module with the trained weights
     run.params, run.cfg, run.step
 
-Used by post-training quantization, fine-tuning from a pretrained run and evaluation.
+Used by post-training quantization, fine-tuning from a pretrained run and evaluation. The model
+and optimizer are built by ``build``, as training built them; this module imports ``build``,
+never ``finetune`` or ``loop`` (the chain is described in ``lowprec.train``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from lowprec.train import imports, sharding
+from lowprec.train import build, imports, sharding
 from lowprec.train.checkpoint import Checkpointer, abstract
 from lowprec.train.step import TrainState, split_histories
 
@@ -55,17 +57,15 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 def load_run(workdir: str, step: int | None = None, devices=None) -> RestoredRun:
     """The run in ``workdir`` at checkpoint ``step`` (default: the newest that restores) on ``devices``
     (default: the first local device), parameters in the run's storage dtype."""
-    from lowprec.train import loop  # the loop builds models and optimizers as training did
-
     workdir = os.path.abspath(workdir)  # orbax needs absolute paths
     cfg = read_config(workdir)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.train.keep_checkpoints, async_save=False)
     if ckpt.latest_step() is None:
         raise FileNotFoundError(f"{workdir} has no checkpoint to restore")
     mesh = sharding.make_mesh({"data": -1}, devices or jax.devices()[:1])
-    mcfg, policy, graphdef, params, rest, _ = loop.build_model(cfg, mesh)
+    mcfg, policy, graphdef, params, rest, _ = build.build_model(cfg, mesh)
     amax, rest = split_histories(rest)
-    tx, _ = loop.make_optimizer(cfg, policy)
+    tx, _ = build.make_optimizer(cfg, policy)
     state = TrainState(jnp.zeros((), jnp.int32), params, jax.jit(tx.init)(params), amax)
     state = sharding.onto_mesh(state, mesh)
     if step is None:  # the newest that restores; an unreadable one is skipped with a warning, left in place
