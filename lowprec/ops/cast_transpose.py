@@ -26,9 +26,11 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 from jax.experimental import pallas as pl
+from jax.sharding import AxisType, PartitionSpec
 
-from lowprec.quant import block_kernel
+from lowprec.quant import block_kernel, partition
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +98,29 @@ def cast_transpose(x, inv_scale, dtype, max_value: float, split: int, *, block: 
     if interpret is None:
         interpret = jax.default_backend() != "gpu"
     _log(shape, split, dtype, interpret)
+    inv = jnp.reshape(inv_scale, ()).astype(jnp.float32)
+    outs = _partitioned(x, inv, jnp.dtype(dtype), float(max_value), split, block, bool(interpret), bool(amax))
+    t = _to_2d(outs[1], x.ndim - split)
+    return (outs[0], t, outs[2]) if amax else (outs[0], t)
+
+
+def _to_2d(t, lead: int):
+    """The N-D transposed layout viewed as 2-D (its first ``lead`` dims, the rest). Under a mesh of
+    Explicit axes a merged group keeps its first dim's sharding when the others are whole, else
+    it is replicated (any other result sharding is ambiguous to jax)."""
+    shape = (math.prod(t.shape[:lead]), math.prod(t.shape[lead:]))
+    sharding = jax.typeof(t).sharding
+    if not any(a == AxisType.Explicit for a in getattr(sharding.mesh, "axis_types", ())):
+        return t.reshape(shape)
+    spec = partition.padded(sharding.spec, t.ndim)
+    merged = [g[0] if all(e is None for e in g[1:]) else None for g in (spec[:lead], spec[lead:])]
+    return lax.reshape(t, shape, out_sharding=PartitionSpec(*merged))
+
+
+def _kernel_2d(x, inv, dtype, max_value: float, split: int, block: int, interpret: bool, amax: bool):
+    """The kernel on ``x`` (one device's block): (``x`` in FP8, its 2-D view transposed[, tiles' amax])."""
+    shape = x.shape
+    rows, cols = math.prod(shape[:split]), math.prod(shape[split:])
 
     def kernel(x_ref, s_ref, o_ref, ot_ref, *amax_ref):
         x32 = x_ref[...].astype(jnp.float32)
@@ -117,10 +142,55 @@ def cast_transpose(x, inv_scale, dtype, max_value: float, split: int, *, block: 
     outs = pl.pallas_call(
         kernel, grid=grid, in_specs=[tile, pl.BlockSpec((1,), lambda i, j: (0,))], out_specs=out_specs,
         out_shape=out_shape, interpret=interpret,
-    )(x.reshape(rows, cols), jnp.reshape(inv_scale, (1,)).astype(jnp.float32))
-    if amax:
-        return outs[0].reshape(shape), outs[1], jnp.max(outs[2])
-    return outs[0].reshape(shape), outs[1]
+    )(x.reshape(rows, cols), jnp.reshape(inv, (1,)))
+    return outs[0].reshape(shape), outs[1], (jnp.max(outs[2]) if amax else None)
+
+
+def _local(x, inv, dtype, max_value, split, block, interpret, amax, *, mesh, specs):
+    """One shard's (``x`` in FP8, ``x`` transposed at ``split`` as an N-D array, amax of all shards).
+
+    The kernel runs on the shard's block when that is whole tiles; else (a mesh that cuts the
+    operand finer than a tile) the same rounding by XLA, logged. The amax is a ``pmax`` over the
+    mesh axes ``x`` is split on, so every shard holds the whole operand's."""
+    shape = x.shape
+    t_shape = shape[split:] + shape[:split]
+    if supported(shape, split, block):
+        q, t, a = _kernel_2d(x, inv, dtype, max_value, split, block, interpret, amax)
+        t = t.reshape(t_shape)
+    else:
+        if ("xla", shape, split) not in _logged:
+            _logged.add(("xla", shape, split))
+            logger.info("FP8 cast-transpose: the shard %s split at %d is not whole %dx%d tiles: XLA's cast and "
+                        "transpose on it", list(shape), split, block, block)
+        x32 = x.astype(jnp.float32)
+        q = jnp.clip(x32 * inv, -max_value, max_value).astype(dtype)
+        t = q.transpose(tuple(range(split, x.ndim)) + tuple(range(split)))
+        a = jnp.max(jnp.where(jnp.abs(x32) < jnp.inf, jnp.abs(x32), 0.0)) if amax else None
+    if a is None:
+        a = jnp.zeros((), jnp.float32)
+    elif mesh is not None:
+        axes = tuple(ax for entry in specs[0] for ax in partition.axes_of(entry))
+        if axes:
+            a = lax.pmax(a, axes)
+    return q, t, a
+
+
+def _rule(ranks, dtype, max_value, split, block, interpret, amax):
+    dims = [f"d{i}" for i in range(ranks[0])]
+    x = " ".join(dims)
+    return f"{x}, -> {x}, {' '.join(dims[split:] + dims[:split])}, "
+
+
+def _arg_specs(mesh, shapes, specs, dtype, max_value, split, block, interpret, amax):
+    return [specs[0], ()]
+
+
+def _out_specs(mesh, specs, dtype, max_value, split, block, interpret, amax):
+    x = tuple(specs[0])
+    return [x, x[split:] + x[:split], ()]
+
+
+_partitioned = partition.per_shard(_local, rule=_rule, arg_specs=_arg_specs, out_specs=_out_specs, nstatic=6)
 
 
 def _log(shape, split, dtype, interpret: bool) -> None:

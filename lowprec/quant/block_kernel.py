@@ -36,6 +36,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from lowprec.formats import FloatFormat
+from lowprec.quant import partition
 
 MAX_ROWS, MIN_ROWS = 256, 8
 
@@ -98,6 +99,13 @@ def block_fake_quant(q, x, *, interpret: bool | None = None):
     why = supported(q, x)
     if why is not None:
         raise ValueError(f"block_fake_quant: {why}")
+    if interpret is None:
+        interpret = jax.default_backend() != "gpu"
+    return _partitioned(x, q, bool(interpret))
+
+
+def _one(q, x, interpret: bool):
+    """The kernel on ``x`` (one device's block, ``supported``)."""
     n = q.granularity.size[0]
     flat = x.reshape(-1, n)
     pos, mids, up = _grid(q.format)
@@ -105,11 +113,39 @@ def block_fake_quant(q, x, *, interpret: bool | None = None):
                                signed_zero=isinstance(q.format, FloatFormat))
     rows = _rows(flat.shape[0])
     spec = pl.BlockSpec((rows, n), lambda i: (i, 0))
-    if interpret is None:
-        interpret = jax.default_backend() != "gpu"
     y = pl.pallas_call(kernel, grid=(flat.shape[0] // rows,), in_specs=[spec], out_specs=spec,
                        out_shape=jax.ShapeDtypeStruct(flat.shape, jnp.float32), interpret=interpret)(flat)
     return y.reshape(x.shape)
+
+
+def _local(x, q, interpret, *, mesh, specs):
+    """One shard's ``q(x)``: its blocks are whole blocks of the operand (``_arg_specs``), so the
+    kernel's values are the unsharded kernel's; a shard too small for the kernel's tiles takes
+    the XLA path of ``q`` (the same bits)."""
+    if supported(q, x) is None:
+        return _one(q, x, interpret)
+    return q.replace(kernel="xla")(x.astype(jnp.float32))
+
+
+def _rule(ranks, q, interpret):
+    dims = " ".join(f"d{i}" for i in range(ranks[0]))
+    return f"{dims} -> {dims}"
+
+
+def _arg_specs(mesh, shapes, specs, q, interpret):
+    """The operand's sharding, but its last axis whole unless each shard holds whole blocks."""
+    spec, n = list(specs[0]), q.granularity.size[0]
+    pieces = partition.shards(mesh, spec[-1])
+    if pieces > 1 and (shapes[0][-1] % pieces or (shapes[0][-1] // pieces) % n):
+        spec[-1] = None
+    return [tuple(spec)]
+
+
+def _out_specs(mesh, specs, q, interpret):
+    return [tuple(specs[0])]
+
+
+_partitioned = partition.per_shard(_local, rule=_rule, arg_specs=_arg_specs, out_specs=_out_specs, nstatic=2)
 
 
 def _pow2(biased):
