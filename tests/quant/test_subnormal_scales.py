@@ -130,16 +130,17 @@ def _rule_scale(am, fmt, rule):
 
 
 @functools.lru_cache(maxsize=None)
-def _groups(q, shape):
-    """(index of each grouped element into the flat input, -1 for padding; reduce axes)."""
+def _groups(granularity, shape):
+    """(index of each grouped element into the flat input, -1 for padding; reduce axes); one per
+    granularity, shared by the quantizers that group alike."""
     idx = jnp.arange(1, int(np.prod(shape)) + 1, dtype=jnp.float32).reshape(shape)
-    g, axes = q.granularity.to_groups(idx)
+    g, axes = granularity.to_groups(idx)
     return np.asarray(g).astype(np.int64) - 1, tuple(axes)
 
 
 def reference(q, x):
     """``q(x)`` by the rules, in float64; entries whose result is subnormal are NaN (unchecked)."""
-    idx, axes = _groups(q, x.shape)
+    idx, axes = _groups(q.granularity, x.shape)
     xs_flat = _seen(x).reshape(-1)
     xg = np.where(idx >= 0, xs_flat[np.maximum(idx, 0)], 0.0)
     am = np.max(np.abs(xg), axis=axes, keepdims=True)
@@ -181,9 +182,17 @@ def _compare(q, got, want, how):
     assert not bad.any(), f"{q} {how}: {bad.sum()} of {checked.sum()} differ, e.g. {got[bad][:3]} vs {want[bad][:3]}"
 
 
+@functools.lru_cache(maxsize=None)
+def _inputs(coarse):
+    """One input per magnitude, stacked (built once; read-only)."""
+    xs = np.stack([_data(m, coarse) for m in MAGNITUDES])
+    xs.setflags(write=False)
+    return xs
+
+
 def _check(q, coarse=False):
     """``q`` jitted on one input per magnitude (vmapped: each its own tensor)."""
-    xs = np.stack([_data(m, coarse) for m in MAGNITUDES])
+    xs = _inputs(coarse)
     want = np.stack([reference(q, x) for x in xs])
     checked = ~np.isnan(want)
     assert checked[:, 7, 40].all() and (want[:, 6] == 0).all()  # the large value is checked; the zero row
