@@ -14,6 +14,15 @@ Arrays (all float32, dequantized values unless named otherwise):
 - ``nvfp4``: ``NVFP4Tensor.to_nvfp4`` of ``x`` with a per-tensor scale (``per_tensor_amax_to_scale``);
   ``nvfp4_mild``: the same of ``x_mild``, ``x`` with its rows' 2**k in -4..4 (its block scales
   stay in E4M3's normal range, where torchao's clamp of the block scales at 2**-6 does nothing).
+
+And tests/fixtures/field_recipes_mxfp4.npz, for ``mxfp4_tseng`` (``main`` writes both; ``--mxfp4``
+writes only this one):
+- ``y``: (16, 128) Student-t (df=2) samples times 2**k per row (k in -30..30);
+- ``mx_scale``: ``MXTensor.to_mx(y, float4_e2m1fn_x2, 32, FLOOR).scale`` as float32 (the OCP E8M0
+  block scales, 2**(floor(log2 amax) - 2)), shape (16, 4);
+- ``tseng_unit``: torchao's E2M1 cast (``f32_to_f4_unpacked``, round to nearest even) of
+  ``y * 0.75 / mx_scale`` (fp32), decoded (``f4_unpacked_to_f32``): the grid values of Tseng et
+  al.'s 3/4-scaled blocks under round-to-nearest (their training rounds them stochastically).
 """
 
 import pathlib
@@ -29,6 +38,7 @@ from torchao.prototype.mx_formats.mx_tensor import MXTensor
 from torchao.prototype.mx_formats.nvfp4_tensor import NVFP4Tensor, per_tensor_amax_to_scale
 
 OUT = pathlib.Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "field_recipes.npz"
+OUT_MXFP4 = OUT.with_name("field_recipes_mxfp4.npz")
 
 
 def main():
@@ -56,7 +66,23 @@ def main():
         out[name] = NVFP4Tensor.to_nvfp4(t, per_tensor_scale=scale).dequantize(torch.float32).numpy()
     OUT.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(OUT, **out)
+    mxfp4()
+
+
+def mxfp4():
+    from torchao.prototype.mx_formats.kernels import f4_unpacked_to_f32, f32_to_f4_unpacked
+
+    rng = np.random.default_rng(2502)
+    y = torch.tensor((rng.standard_t(2, (16, 128)) * np.exp2(rng.integers(-30, 31, (16, 1)))).astype(np.float32))
+    t = MXTensor.to_mx(y, torch.float4_e2m1fn_x2, 32, scaling_mode=ScaleCalculationMode.FLOOR)
+    scale = t.scale.view(torch.float8_e8m0fnu).to(torch.float32).reshape(16, 4)
+    scaled = (y.reshape(16, 4, 32) * 0.75 / scale[..., None]).reshape(16, 128)
+    unit = f4_unpacked_to_f32(f32_to_f4_unpacked(scaled))
+    np.savez_compressed(OUT_MXFP4, y=y.numpy(), mx_scale=scale.numpy(), tseng_unit=unit.numpy(),
+                        torchao_version=np.array(torchao.__version__))
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    mxfp4() if "--mxfp4" in sys.argv[1:] else main()

@@ -19,6 +19,14 @@ Every choice, its source and each guess: ``docs/reference/recipes_field.md``.
   Hadamard transform on both inputs of the weight-gradient GEMM, signs from the step's key;
   stochastic rounding on the output gradients. Keeping the last layers in bf16 is a rule on the
   model (see the reference notes), not part of this per-layer recipe.
+- ``mxfp4_tseng``: Tseng et al., "Training LLMs with MXFP4" (arXiv 2502.20586, code
+  amazon-science/mxfp4-llm): BF16 forward GEMM; both backward GEMMs in MXFP4 (E2M1, blocks
+  of 32 along the contraction, OCP E8M0 scales) on all four of their operands, requantized
+  from high precision, stochastically rounded after scaling each block by 3/4 (scale
+  ``floor_x4/3``: the block's max lands in [3, 6) and never clips; the GEMM's result is
+  multiplied by (4/3)**2 = 16/9), after a 64-point random Hadamard transform of both operands
+  of each backward GEMM along its contraction, signs applied before the Hadamard and drawn
+  anew each step and GEMM.
 """
 
 from __future__ import annotations
@@ -50,3 +58,9 @@ NVFP4_2D = NVFP4_1D.replace(granularity="tile(16,16)")
 NVFP4_SR = NVFP4_1D.replace(rounding="stochastic")
 nvfp4_train = register("nvfp4_train", _gemms(NVFP4_1D, NVFP4_2D, NVFP4_SR,
                                              wgrad_hadamard=Hadamard(16, signs="key")))
+
+MXFP4_SR = Quantizer("e2m1fn", "block(32)", scale="floor_x4/3", rounding="stochastic")
+_RHT64 = Hadamard(64, signs="key", signs_first=True)
+mxfp4_tseng = register("mxfp4_tseng", Recipe(dgrad_grad=MXFP4_SR, dgrad_weight=MXFP4_SR, wgrad_grad=MXFP4_SR,
+                                             wgrad_act=MXFP4_SR, compute_dtype="bfloat16",
+                                             dgrad_hadamard=_RHT64, wgrad_hadamard=_RHT64))

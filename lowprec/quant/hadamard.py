@@ -28,11 +28,14 @@ class Hadamard:
     ``size``: the block (16, 32, 64 or 128). ``signs``: ``"none"`` (plain Walsh-Hadamard),
     ``"key"`` (random signs drawn from the key the GEMM is given: a new ``S`` every step) or
     ``"seed"`` (random signs from ``jax.random.key(seed)``: one fixed ``S``).
+    ``signs_first``: ``u @ S @ H`` instead of ``u @ H @ S`` (the signs flip the input before the
+    Hadamard mixes it, as Tseng et al.'s MXFP4 code does; Transformer Engine's NVFP4 is ``H S``).
     """
 
     size: int = 16
     signs: str = "none"
     seed: int = 0
+    signs_first: bool = False
 
     def __post_init__(self):
         if self.size not in SIZES:
@@ -43,7 +46,8 @@ class Hadamard:
     def __str__(self) -> str:
         if self.signs == "none":
             return f"H({self.size})"
-        return f"RHT({self.size}, signs={self.signs}" + (f", seed={self.seed})" if self.signs == "seed" else ")")
+        return (f"RHT({self.size}, signs={self.signs}" + (f", seed={self.seed}" if self.signs == "seed" else "")
+                + (", signs_first)" if self.signs_first else ")"))
 
     @property
     def needs_key(self) -> bool:
@@ -62,11 +66,11 @@ class Hadamard:
     def apply(self, x, axis: int, key=None) -> jax.Array:
         """``x`` with every block of ``size`` along ``axis`` mapped to ``u @ H @ S`` (in f32 or
         wider, ``x``'s dtype kept when it is wider than f32)."""
-        return transform(x, axis, self.size, self.sign_vector(key))
+        return transform(x, axis, self.size, self.sign_vector(key), signs_first=self.signs_first)
 
     def invert(self, y, axis: int, key=None) -> jax.Array:
-        """The inverse of ``apply`` (``v @ S @ H^T``)."""
-        return transform(y, axis, self.size, self.sign_vector(key), inverse=True)
+        """The inverse of ``apply`` (``v @ S @ H^T``, or ``v @ H^T @ S`` with ``signs_first``)."""
+        return transform(y, axis, self.size, self.sign_vector(key), inverse=True, signs_first=self.signs_first)
 
 
 def matrix(size: int) -> np.ndarray:
@@ -79,8 +83,9 @@ def matrix(size: int) -> np.ndarray:
     return h / np.sqrt(size)
 
 
-def transform(x, axis: int, size: int, signs=None, inverse: bool = False) -> jax.Array:
-    """Blocks of ``size`` along ``axis`` times ``H @ diag(signs)`` (``inverse``: ``diag(signs) @ H^T``)."""
+def transform(x, axis: int, size: int, signs=None, inverse: bool = False, signs_first: bool = False) -> jax.Array:
+    """Blocks of ``size`` along ``axis`` times ``H @ diag(signs)`` (``inverse``: ``diag(signs) @ H^T``);
+    ``signs_first``: times ``diag(signs) @ H`` (``inverse``: ``H^T @ diag(signs)``)."""
     x = jnp.asarray(x)
     axis = axis % x.ndim
     n = x.shape[axis]
@@ -92,9 +97,10 @@ def transform(x, axis: int, size: int, signs=None, inverse: bool = False) -> jax
     xb = xb.reshape(xb.shape[:-1] + (n // size, size))
     if signs is not None:
         signs = signs.astype(dtype).reshape((1,) * (xb.ndim - 1) + (size,))
-    if inverse and signs is not None:
+    before = inverse != signs_first  # whether the signs multiply the input (else the output)
+    if before and signs is not None:
         xb = xb * signs
     y = jnp.einsum("...i,ij->...j", xb, h.T if inverse else h, precision=jax.lax.Precision.HIGHEST)
-    if not inverse and signs is not None:
+    if not before and signs is not None:
         y = y * signs
     return jnp.moveaxis(y.reshape(y.shape[:-2] + (n,)), -1, axis)

@@ -32,7 +32,9 @@ class Quantizer:
 
     Fields (strings are parsed): ``format`` (a Format or name); ``granularity`` (``"tensor"``,
     ``"channel"``, ``"token"``, ``"block(32)"``, ``"tile(16,16)"``, ...); ``scale``: the scale
-    rule ``"fp32"``, ``"pow2_floor"`` (OCP MX / E8M0), ``"pow2_ceil"``, ``"pow2_nearest"`` or a
+    rule ``"fp32"``, ``"pow2_floor"`` (OCP MX / E8M0), ``"pow2_ceil"``, ``"pow2_nearest"``,
+    ``"floor_x4/3"`` (``pow2_floor`` times 4/3, kept as a constant tensor scale: Tseng et al.'s
+    MXFP4 before stochastic rounding, never clipping) or a
     format for the scales (``"e4m3fn"``: with ``tensor_scale=True`` NVFP4's two levels);
     ``source``: ``"absmax"`` (current), ``"delayed"`` (from an amax history passed to the call)
     or ``"fixed"`` (``fixed_scale``); ``rounding``; ``estimator``; ``overflow``;
@@ -132,7 +134,9 @@ class Quantizer:
                 am = scaling.tensor_amax(raw)
             else:
                 am = scaling.amax(xg, axes, self.block_amax)
-            group, ts = scaling.scale_from_amax(am, self.format, self.scale), None
+            base, factor = scaling.FACTORED_RULES.get(self.scale, (self.scale, None))
+            group = scaling.scale_from_amax(am, self.format, base)
+            ts = None if factor is None else jnp.asarray(factor, jnp.float32)  # a constant second level
         dq = None
         if self.double_quant is not None:
             mean = jnp.mean(group)

@@ -33,7 +33,12 @@ from jax import lax
 from lowprec.formats import Format, get
 from lowprec.quant import exact, pow2_bf16
 
-SCALE_RULES = ("fp32", "pow2_floor", "pow2_ceil", "pow2_nearest", "pow2_ceil_bf16")
+SCALE_RULES = ("fp32", "pow2_floor", "pow2_ceil", "pow2_nearest", "pow2_ceil_bf16", "floor_x4/3")
+# Rules that are another rule's scale times a constant: the Quantizer keeps the constant as the
+# tensor-level factor of its scales (so GEMMs fold the power of two and scale their output).
+# "floor_x4/3": Tseng et al. (arXiv 2502.20586) scale an MXFP4 block by 3/4 before stochastic
+# rounding, so that amax / 2**floor(...) in [4, 8) lands in [3, 6) and never clips at 6.
+FACTORED_RULES = {"floor_x4/3": ("pow2_floor", 4.0 / 3.0)}
 _E8M0 = get("e8m0fnu")
 
 
@@ -101,6 +106,8 @@ def scale_from_amax(am, fmt: Format, rule) -> jax.Array:
     - ``pow2_nearest``: amax / fmt.max rounded to the nearest power of two.
     - ``pow2_ceil_bf16``: ``pow2_ceil`` as the FP4 paper's released code computes it, in bf16
       (may halve the scale and clip; see ``quant.pow2_bf16``).
+    - ``floor_x4/3``: the ``pow2_floor`` scale times fp32(4/3) (exact; its inverse is exactly
+      0.75 / 2**k): Tseng et al.'s MXFP4 scaling before stochastic rounding, which never clips.
     - a Format (e.g. ``"e4m3fn"``): amax / fmt.max rounded onto that format (used under an fp32
       tensor scale for NVFP4-style two-level scaling; see ``two_level_scale``).
     """
@@ -118,6 +125,9 @@ def scale_from_amax(am, fmt: Format, rule) -> jax.Array:
         s = _E8M0.quantize(exact_div(safe, fmt.max), rounding="nearest_even")
     elif rule == "pow2_ceil_bf16":
         s = pow2_bf16.scale(safe, fmt.max)
+    elif rule in FACTORED_RULES:
+        base, factor = FACTORED_RULES[rule]
+        s = exact.mul(scale_from_amax(safe, fmt, base), factor)
     else:
         sfmt = get(rule)
         s = sfmt.quantize(exact_div(safe, fmt.max))

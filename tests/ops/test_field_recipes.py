@@ -15,7 +15,7 @@ from lowprec.ops import ROLES, recipes, recipes_field
 from lowprec.ops.operand import bind
 from lowprec.quant.hadamard import Hadamard
 
-FIELD = ("fp8_rowwise", "fp8_deepseek", "mxfp8_te", "nvfp4_train")
+FIELD = ("fp8_rowwise", "fp8_deepseek", "mxfp8_te", "nvfp4_train", "mxfp4_tseng")
 DN = (((1,), (0,)), ((), ()))
 FIX = np.load(pathlib.Path(__file__).parents[1] / "fixtures" / "field_recipes.npz")
 
@@ -158,3 +158,97 @@ def test_nvfp4_train_weight_gradient_is_rht_then_quantize_with_the_steps_key(ran
     _product_close(dw, np.asarray(qa).T, qg)
     with pytest.raises(ValueError, match="draws random bits in dgrad_grad, wgrad_grad, wgrad_hadamard"):
         lp.dot_general(x, w, DN, r)
+
+
+_E2M1 = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6], np.float64)
+
+
+def _tseng_reference(x):
+    """Tseng et al.'s MXFP4 rule in float64 along the last axis, blocks of 32: the OCP scale
+    2**(floor(log2 amax) - 2), the block times 3/4 / scale (in [-6, 6)), its two E2M1
+    neighbours and the probability of the upper one; returns (scale, v, lo, hi, p_hi)."""
+    x = np.asarray(x, np.float64)
+    xb = x.reshape(x.shape[:-1] + (-1, 32))
+    amax = np.abs(xb).max(-1, keepdims=True)
+    scale = np.exp2(np.floor(np.log2(np.where(amax > 0, amax, 1))) - 2)
+    v = 0.75 * xb / scale
+    a = np.abs(v)
+    i = np.clip(np.searchsorted(_E2M1, a, side="right") - 1, 0, len(_E2M1) - 2)
+    lo, hi = _E2M1[i], _E2M1[i + 1]
+    p = np.where(a >= 6, 0.0, (a - lo) / (hi - lo))
+    return scale, v, np.sign(v) * lo, np.sign(v) * hi, p
+
+
+def test_mxfp4_tseng_sr_never_clips_and_is_unbiased_in_float64(rand):
+    """E[Q(x)] = x exactly: the block scaled by 3/4 stays within E2M1's 6, each value rounds
+    up with probability (v - lo) / (hi - lo) (checked against float64, per entry, over 4000
+    keys), and the 4/3 is undone on dequantization. OCP MXFP4 with the same stochastic
+    rounding but no 3/4 clips the block maxima above 6 x scale and is biased there."""
+    x = rand(11, (8, 64), df=2) * jnp.exp2(jnp.arange(-8, 8, 2.0))[:, None]
+    q = bind(recipes_field.mxfp4_tseng.wgrad_grad, (1,))
+    scale, v, lo, hi, p = _tseng_reference(x)
+    assert np.abs(v).max() < 6 and np.abs(v).max() >= 3
+    qt = q.quantize(x, key=jax.random.key(0))
+    np.testing.assert_array_equal(np.asarray(qt.scale).reshape(scale.shape), scale)
+    assert float(qt.tensor_scale) == np.float32(4 / 3)
+    n = 4000
+    draw = jax.jit(jax.vmap(lambda k: q(x, key=k)))
+    samples = np.asarray(draw(jax.random.split(jax.random.key(1), n)), np.float64).reshape((n,) + v.shape)
+    unit = samples * 0.75 / scale  # back on the E2M1 grid (up to the f32 rounding of x 4/3)
+    assert np.all(np.isclose(unit, lo, rtol=1e-6, atol=0) | np.isclose(unit, hi, rtol=1e-6, atol=0))
+    frac = np.isclose(unit, hi, rtol=1e-6, atol=0).mean(0)
+    se = np.sqrt(p * (1 - p) / n)
+    assert np.all(np.abs(frac - p) <= 5.5 * se + 1e-12)
+    exact = np.asarray(x, np.float64).reshape(v.shape)
+    sd = np.sqrt(p * (1 - p)) * np.abs(hi - lo) * scale / 0.75  # the exact per-draw standard deviation
+    # the mean within 5.5 standard errors of x itself (1e-6 relative: the f32 product lo x s x 4/3)
+    assert np.all(np.abs(samples.mean(0) - exact) <= 5.5 * sd / np.sqrt(n) + 1e-6 * np.abs(exact))
+    plain = bind(lp.Quantizer("e2m1fn", "block(32)", scale="pow2_floor", rounding="stochastic"), (1,))
+    clipped = np.asarray(jax.jit(jax.vmap(lambda k: plain(x, key=k)))(jax.random.split(jax.random.key(1), 200)),
+                         np.float64).reshape((200,) + v.shape)
+    over = np.abs(exact / scale) > 6
+    assert over.any() and np.all(np.abs(clipped[:, over]) < np.abs(exact[over]))
+
+
+def test_mxfp4_tseng_forward_is_bf16_and_backward_is_rht64_then_mxfp4_sr(rand):
+    """Forward: the bf16 product. Grad-input and grad-weight: both operands through the
+    64-point RHT (signs first, from the GEMM's key fold), then each role's MXFP4 SR quantizer
+    with its own key; the result times (4/3)**2 (the quantizers' constant tensor scale)."""
+    x, w, g = rand(12, (64, 128)), rand(13, (128, 64)), rand(14, (64, 64), df=3)
+    r = recipes_field.mxfp4_tseng
+    key = jax.random.key(7)
+    y, vjp = jax.vjp(lambda a, b: lp.dot_general(a, b, DN, r, key), x, w)
+    bf = lambda a: np.asarray(jnp.asarray(a, jnp.bfloat16), np.float64)  # noqa: E731
+    _product_close(y, bf(x), bf(w))
+    dx, dw = vjp(g)
+    h = Hadamard(64, signs="key", signs_first=True)
+    rk = lambda role: jax.random.fold_in(key, ROLES.index(role))  # noqa: E731
+    hk = jax.random.fold_in(key, len(ROLES) + 1)
+    qg = bind(r.dgrad_grad, (1,))(h.apply(g, 1, hk), key=rk("dgrad_grad"))
+    qw = bind(r.dgrad_weight, (1,))(h.apply(w, 1, hk), key=rk("dgrad_weight"))
+    _product_close(dx, qg, np.asarray(qw).T)
+    hk = jax.random.fold_in(key, len(ROLES) + 2)
+    qa = bind(r.wgrad_act, (0,))(h.apply(x, 0, hk), key=rk("wgrad_act"))
+    qg = bind(r.wgrad_grad, (0,))(h.apply(g, 0, hk), key=rk("wgrad_grad"))
+    _product_close(dw, np.asarray(qa).T, qg)
+    u = np.asarray(h.apply(jnp.eye(64), 1, hk), np.float64)  # signs first: S @ H
+    sv = np.asarray(h.sign_vector(hk), np.float64)
+    np.testing.assert_allclose(u, sv[:, None] * lp.quant.hadamard.matrix(64), atol=1e-6)
+
+
+def test_mxfp4_tseng_block_scales_and_grid_match_torchao_mx():
+    """Against torchao's MX code (tests/fixtures/field_recipes_mxfp4.npz): the E8M0 block scale is
+    torchao's FLOOR one, and the 3/4-scaled block rounded to nearest is torchao's E2M1 cast of
+    y x 0.75 / scale; stochastic rounding lands on one of that value's two grid neighbours."""
+    fix = np.load(pathlib.Path(__file__).parents[1] / "fixtures" / "field_recipes_mxfp4.npz")
+    y = jnp.asarray(fix["y"])
+    sr = bind(recipes_field.mxfp4_tseng.dgrad_grad, (1,))
+    for q in (sr.replace(rounding="nearest_even"), sr):
+        qt = q.quantize(y, key=jax.random.key(0))
+        np.testing.assert_array_equal(np.asarray(qt.scale).reshape(16, 4), fix["mx_scale"])
+    unit = np.asarray(sr.replace(rounding="nearest_even").quantize(y).codes, np.float64)
+    decode = lambda c: np.asarray(sr.format.decode(jnp.asarray(c)), np.float64)  # noqa: E731
+    np.testing.assert_array_equal(decode(unit).reshape(16, 128), fix["tseng_unit"])
+    _, v, lo, hi, _ = _tseng_reference(fix["y"])
+    got = decode(sr.quantize(y, key=jax.random.key(1)).codes).reshape(v.shape)
+    assert np.all((got == lo) | (got == hi)) and not np.array_equal(got, fix["tseng_unit"].reshape(v.shape))

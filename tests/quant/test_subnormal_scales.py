@@ -114,6 +114,8 @@ def _rule_scale(am, fmt, rule):
         frac = v / np.ldexp(1.0, k)  # in [1, 2): 1.5 is the midpoint between 2**k and 2**(k+1)
         even_up = (k + 127) % 2 == 1
         s = _pow2(np.where((frac > 1.5) | ((frac == 1.5) & even_up), k + 1, k))
+    elif rule == "floor_x4/3":  # Tseng et al.: the OCP scale times fp32(4/3)
+        s = _f32(_rule_scale(safe, fmt, "pow2_floor") * np.float64(np.float32(4 / 3)))
     elif rule == "pow2_ceil_bf16":  # the FP4 paper's code: bf16 quotient and log2, then floor
         a = safe.astype(np.float32).astype(ml_dtypes.bfloat16).astype(np.float64)
         with np.errstate(over="ignore"):
