@@ -16,8 +16,10 @@ import jax.numpy as jnp
 from jax import lax
 
 # nearest_up: to nearest, ties toward +inf (round half up; the FP4 paper's E2M1 kernel).
-ROUNDING_MODES = ("nearest_even", "nearest_away", "nearest_up", "toward_zero", "down", "up", "stochastic")
-NEAREST = ("nearest_even", "nearest_away", "nearest_up")
+# nearest_zero: to nearest, ties toward zero (Quartet's MXFP4 kernel compares with strict ``>``).
+ROUNDING_MODES = ("nearest_even", "nearest_away", "nearest_up", "nearest_zero", "toward_zero", "down", "up",
+                  "stochastic")
+NEAREST = ("nearest_even", "nearest_away", "nearest_up", "nearest_zero")
 
 _U32 = jnp.uint32
 _I32 = jnp.int32
@@ -102,7 +104,7 @@ def round_sig(sig, shift, sign, rounding: str, rand=None, random_bits: int | Non
         above = rem > half
         tie = (rem == half) & (s > 0)
         tie_up = {"nearest_even": (kept & 1) == 1, "nearest_away": jnp.ones_like(tie),
-                  "nearest_up": sign == 0}[rounding]  # on magnitudes: +inf is up for x > 0 only
+                  "nearest_up": sign == 0, "nearest_zero": jnp.zeros_like(tie)}[rounding]  # on magnitudes: +inf is up for x > 0 only
         up = above | (tie & tie_up)
     elif rounding == "stochastic":
         nbits = MAX_RANDOM_BITS if random_bits is None else random_bits

@@ -90,7 +90,8 @@ class Codebook(Format):
         if rounding in _bits.NEAREST:
             m = km[i_lo]
             tie = mid_exact[i_lo] & (kx == m)
-            tie_hi = {"nearest_even": i_hi % 2 == 0, "nearest_away": positive, "nearest_up": True}[rounding]
+            tie_hi = {"nearest_even": i_hi % 2 == 0, "nearest_away": positive, "nearest_up": True,
+                      "nearest_zero": ~positive}[rounding]
             up = (kx > m) & ~tie | tie & tie_hi
         elif rounding == "toward_zero":  # the smaller magnitude; equal ones: the side of x
             smaller_hi = (jnp.abs(hi) < jnp.abs(lo)) | ((jnp.abs(hi) == jnp.abs(lo)) & positive)

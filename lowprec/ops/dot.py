@@ -12,7 +12,10 @@ Hadamard transform with signs from the key draws ``fold_in(key, len(ROLES) + j)`
 GEMM (forward, grad-input, grad-weight), the same signs for both of its operands. A transformed
 GEMM multiplies ``x H S`` and ``w`` transformed alike along their contraction (see
 ``Recipe.fwd_hadamard``); the backward GEMMs transform their own operands, so no gradient passes
-through a transform.
+through their transforms. With ``fwd_hadamard`` the backward GEMMs multiply the forward's
+transformed operands (or, with ``requantize_from="forward"``, its quantized ones), the
+estimators' derivatives multiply their results in that domain, and the inverse of the forward
+transform maps each result back to its operand's.
 
 Delayed scaling: roles whose Quantizer has ``source="delayed"`` are scaled from the largest
 entry of their row of ``amax_history`` (rows ``ROLES``, newest amax first), and the gradient
@@ -118,7 +121,8 @@ class _Saved(NamedTuple):
     weight: Operand | None
     lhs: jax.Array | None      # high-precision operands (requantization)
     rhs: jax.Array | None      # (also the weight estimator's input)
-    act_input: jax.Array | None  # what the activation quantizer saw (after OCC's clamp)
+    act_input: jax.Array | None  # what the activation quantizer saw (after OCC's clamp or fwd_hadamard)
+    weight_input: jax.Array | None  # what the weight quantizer saw (for its estimator)
     act_scale: jax.Array | None
     weight_scale: jax.Array | None
     residual: jax.Array | None  # OCC's residual, for the separate compensation's weight gradient
@@ -183,8 +187,19 @@ def _hadamard(cfg: _Config, field: str, key, a, a_contract, b, b_contract):
         return a, b
     if not a_contract:
         raise ValueError(f"Recipe.{field}: the GEMM contracts no axis; a Hadamard transform needs one")
-    k = None if key is None else jax.random.fold_in(key, len(ROLES) + list(HADAMARDS).index(field))
+    k = _hadamard_key(key, field)
     return h.apply(a, a_contract[-1], k), h.apply(b, b_contract[-1], k)
+
+
+def _hadamard_key(key, field: str):
+    return None if key is None else jax.random.fold_in(key, len(ROLES) + list(HADAMARDS).index(field))
+
+
+def _unhadamard(cfg: _Config, key, grad, contract):
+    """A backward result in the forward-transformed domain mapped back by the inverse of
+    ``fwd_hadamard`` along the operand's last contracted axis (unchanged without one)."""
+    h = cfg.recipe.fwd_hadamard
+    return grad if h is None else h.invert(grad, contract[-1], _hadamard_key(key, "fwd_hadamard"))
 
 
 def _forward(cfg: _Config, lhs, rhs, key, history):
@@ -205,6 +220,12 @@ def _forward(cfg: _Config, lhs, rhs, key, history):
                            _two_layouts(cfg, x, lc, lb, q_act, q_w) if reused else None)
     weight, weight_s = _quantize(cfg, history, fwd_amax, "fwd_weight", w, q_w, rc, keys,
                                  _two_layouts(cfg, w, rc, rb, q_w, q_act) if reused else None)
+    if r.requantize_from == "forward":  # the backward requantizes the forward's quantized operands
+        lhs_b, rhs_b = act.dequantize(), weight.dequantize()
+    elif r.fwd_hadamard is not None:  # ... or its transformed ones
+        lhs_b, rhs_b = x, w
+    else:
+        lhs_b, rhs_b = lhs, rhs
     stats = None
     if cfg.telemetry:
         seen = lhs if r.fwd_hadamard is None else x
@@ -222,8 +243,8 @@ def _forward(cfg: _Config, lhs, rhs, key, history):
     w_d = q_w is not None and q_w.estimator.needs_input
     saved = _Saved(
         act=act if r.reuse_forward else None, weight=weight if r.reuse_forward else None,
-        lhs=None if r.reuse_forward else lhs, rhs=rhs if (w_d or not r.reuse_forward) else None,
-        act_input=x if act_d else None, act_scale=act_s if act_d else None, weight_scale=weight_s if w_d else None,
+        lhs=None if r.reuse_forward else lhs_b, rhs=None if r.reuse_forward else rhs_b,
+        act_input=x if act_d else None, weight_input=w if w_d else None, act_scale=act_s if act_d else None, weight_scale=weight_s if w_d else None,
         residual=residual if separate else None, key=key, history=history, fwd_amax=fwd_amax)
     return y.astype(cfg.out_dtype), stats, saved
 
@@ -270,7 +291,7 @@ def _grad_input(cfg: _Config, saved: _Saved, g, keys, by_role, amaxes, shared=No
         saved.act_input, operand.bind(r.fwd_act.replace(occ=None), lc), saved.act_scale)
     dx = _transpose(cfg.gemm(g1, weight, gi.dn, "grad_input", out_dtype=cfg.lhs_dtype if d is None else None),
                     gi.perm)
-    return dx if d is None else dx.astype(jnp.float32) * d
+    return _unhadamard(cfg, saved.key, dx if d is None else dx.astype(jnp.float32) * d, lc)
 
 
 def _grad_weight(cfg: _Config, saved: _Saved, g, keys, by_role, amaxes, shared=None):
@@ -290,11 +311,12 @@ def _grad_weight(cfg: _Config, saved: _Saved, g, keys, by_role, amaxes, shared=N
     if cfg.telemetry:
         by_role["wgrad_grad"] = _stats(g_in, g2, g2_s, r.wgrad_grad, g_c)
     d = None if r.fwd_weight is None else operand.derivative(
-        saved.rhs, operand.bind(r.fwd_weight, rc), saved.weight_scale)
+        saved.weight_input, operand.bind(r.fwd_weight, rc), saved.weight_scale)
     plain = d is None and saved.residual is None
     dw = _transpose(cfg.gemm(g2, act, gw.dn, "grad_weight", out_dtype=cfg.rhs_dtype if plain else None), gw.perm)
     if d is not None:
         dw = dw.astype(jnp.float32) * d
+    dw = _unhadamard(cfg, saved.key, dw, rc)
     if saved.residual is not None:
         rd = saved.residual.dtype
         comp = cfg.gemm(Operand(g.astype(rd)), Operand(saved.residual), gw.dn, "compensation_grad",

@@ -18,6 +18,7 @@ REUSED_ROLES = {"dgrad_weight": "fwd_weight", "wgrad_act": "fwd_act"}
 COMPENSATIONS = ("separate", "fused")
 NATIVE_FP8 = ("auto", "off", "on")
 FP8_TRANSPOSES = ("auto", "fused", "separate", "pallas")
+REQUANTIZE_FROM = ("input", "forward")
 # A Hadamard transform per GEMM, applied to both of its operands along the axes they contract.
 HADAMARDS = {"fwd_hadamard": ("fwd_act", "fwd_weight"), "dgrad_hadamard": ("dgrad_grad", "dgrad_weight"),
              "wgrad_hadamard": ("wgrad_grad", "wgrad_act")}
@@ -63,8 +64,15 @@ class Recipe:
     ``fwd_hadamard``, ``dgrad_hadamard``, ``wgrad_hadamard``: a ``quant.Hadamard`` applied to both
     operands of that GEMM along the last axis pair it contracts, before they are quantized (the
     product is unchanged up to rounding); needs ``reuse_forward=False`` (a transformed operand is
-    of no use to another GEMM) and, forward, no OCC or input-dependent estimator (their
-    gradients are elementwise in the untransformed operand).
+    of no use to another GEMM) and, forward, no OCC (its residual and clamp are elementwise in the
+    untransformed operand). With ``fwd_hadamard`` the backward GEMMs take the forward's
+    transformed operands, an input-dependent estimator (such as QuEST's trust mask) multiplies
+    their results where the forward quantizer saw its input, in the transformed domain, and the
+    inverse transform maps them back (the chain rule through ``y = Q(x H) Q(w H)^T``).
+    ``requantize_from``: what the backward's own ``dgrad_weight`` and ``wgrad_act`` quantizers
+    quantize: ``"input"`` (the high-precision operands, transformed by ``fwd_hadamard`` if set)
+    or ``"forward"`` (the forward's quantized operands, dequantized: Quartet's backward
+    requantizes the fake-quantized ``xq``, ``wq``); ``"forward"`` needs ``reuse_forward=False``.
     """
 
     fwd_act: Quantizer | None = None
@@ -84,6 +92,7 @@ class Recipe:
     fwd_hadamard: Hadamard | None = None
     dgrad_hadamard: Hadamard | None = None
     wgrad_hadamard: Hadamard | None = None
+    requantize_from: str = "input"
     name: str | None = dataclasses.field(default=None, compare=False)
 
     def __post_init__(self):
@@ -108,6 +117,10 @@ class Recipe:
         _choice("compensation", self.compensation, COMPENSATIONS)
         _choice("native_fp8", self.native_fp8, NATIVE_FP8)
         _choice("fp8_transposes", self.fp8_transposes, FP8_TRANSPOSES)
+        _choice("requantize_from", self.requantize_from, REQUANTIZE_FROM)
+        if self.requantize_from == "forward" and self.reuse_forward:
+            raise ValueError("Recipe.requantize_from='forward' needs reuse_forward=False (with reuse_forward the "
+                             "backward uses the forward operands as they are)")
         self._check_hadamards()
         if not (isinstance(self.amax_history_len, int) and self.amax_history_len >= 1):
             raise ValueError(f"Recipe.amax_history_len must be an integer >= 1; got {self.amax_history_len!r}")
@@ -123,9 +136,9 @@ class Recipe:
                 raise ValueError(f"Recipe.{field} needs reuse_forward=False (each GEMM transforms its own operands)")
             for role in roles if field == "fwd_hadamard" else ():
                 q = getattr(self, role)
-                if q is not None and (q.occ is not None or q.estimator.needs_input):
-                    raise ValueError(f"Recipe.{role}: OCC and input-dependent estimators ({q.estimator}) cannot "
-                                     "follow fwd_hadamard (their gradients are elementwise in the untransformed operand)")
+                if q is not None and q.occ is not None:
+                    raise ValueError(f"Recipe.{role}: OCC cannot follow fwd_hadamard (its clamp and residual are "
+                                     "elementwise in the untransformed operand)")
 
     def quantizer(self, role: str) -> Quantizer | None:
         """The quantizer a role uses (with ``reuse_forward``, the forward one it reuses)."""
@@ -168,6 +181,8 @@ class Recipe:
         if self.fp8_transposes != "auto":
             parts.append(f"fp8_transposes={self.fp8_transposes}")
         parts += [f"{f.split('_')[0]}_hadamard={getattr(self, f)}" for f in HADAMARDS if getattr(self, f) is not None]
+        if self.requantize_from != "input":
+            parts.append(f"requantize_from={self.requantize_from}")
         if self.delayed_roles():
             parts.append(f"amax_history_len={self.amax_history_len}")
         return f"Recipe {self.name or 'custom'}: " + " ".join(parts)

@@ -5,7 +5,7 @@ An estimator multiplies the upstream gradient elementwise by ``derivative(xs, fm
 element format. Scales are treated as constants (for DGE they cancel exactly).
 
 Built in: ``ste`` (identity), ``clipped_ste`` (identity inside the format's range, zero where
-the input was clipped) and ``dge`` (the FP4 paper's differentiable gradient estimator, on the
+the input was clipped), ``quest_trust`` (QuEST's mask: zero from ``|xs| = max`` on) and ``dge`` (the FP4 paper's differentiable gradient estimator, on the
 grid of any format). A user-defined estimator is any hashable ``fn(xs, fmt) -> derivative``:
 
     def half_outside(xs, fmt):
@@ -61,6 +61,13 @@ def clipped_ste_derivative(xs, fmt: Format):
     lo = fmt.min - _RANGE_RTOL * abs(fmt.min)
     hi = fmt.max + _RANGE_RTOL * abs(fmt.max)
     return ((xs >= lo) & (xs <= hi)).astype(jnp.float32)
+
+
+def quest_trust_derivative(xs, fmt: Format):
+    """QuEST's trust mask as Quartet's MXFP4 kernel stores it: 1 where ``|xs| < fmt.max``
+    strictly (an entry scaled exactly onto the largest value counts as clipped), else 0
+    (``clip_mask`` of ``mxfp4_forward_kernel``, IST-DASLab/Quartet)."""
+    return (jnp.abs(xs.astype(jnp.float32)) < fmt.max).astype(jnp.float32)
 
 
 DGE_OUTSIDE = ("end", "zero", "msamp")
@@ -164,7 +171,8 @@ def dge(k: float = 5.0, cap: float = 3.0, dtype: str | None = None, outside: str
 STE = Estimator("ste")
 CLIPPED_STE = Estimator("clipped_ste", clipped_ste_derivative)
 DGE = dge()
-_ESTIMATORS: dict[str, Estimator] = {e.name: e for e in (STE, CLIPPED_STE, DGE)}
+QUEST_TRUST = Estimator("quest_trust", quest_trust_derivative)
+_ESTIMATORS: dict[str, Estimator] = {e.name: e for e in (STE, CLIPPED_STE, DGE, QUEST_TRUST)}
 
 
 def register_estimator(est: Estimator) -> Estimator:

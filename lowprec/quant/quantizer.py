@@ -130,6 +130,8 @@ class Quantizer:
                 if amax_history is None:
                     raise ValueError("source='delayed' needs amax_history=... (see update_amax_history)")
                 am = jnp.max(amax_history, axis=0).reshape(shape)
+            elif self.scale in scaling.STAT_RULES:
+                am = scaling.group_statistic(xg, axes, self.scale)
             elif self.granularity.kind == "tensor":
                 am = scaling.tensor_amax(raw)
             else:

@@ -33,7 +33,16 @@ from jax import lax
 from lowprec.formats import Format, get
 from lowprec.quant import exact, pow2_bf16
 
-SCALE_RULES = ("fp32", "pow2_floor", "pow2_ceil", "pow2_nearest", "pow2_ceil_bf16", "floor_x4/3")
+SCALE_RULES = ("fp32", "pow2_floor", "pow2_ceil", "pow2_nearest", "pow2_ceil_bf16", "floor_x4/3", "quest")
+# Rules whose scale comes from another statistic of the group than its amax (``group_statistic``).
+# "quest": QuEST's MXFP4 scale as Quartet's kernel computes it (IST-DASLab/Quartet,
+# ``mxfp4_forward_kernel`` with ``quest=True``): 2**floor(log2(c * std + 1e-8)), std the group's
+# standard deviation (mean removed, population), c = 2.92247856 / 6 (the MSE-optimal clip of a
+# Gaussian onto E2M1, in standard deviations, over E2M1's max). The power of two is not
+# divided by 2**emax: c * std itself is the scale.
+STAT_RULES = ("quest",)
+QUEST_RATIO = 2.92247856 / 6.0
+QUEST_EPS = 1e-8
 # Rules that are another rule's scale times a constant: the Quantizer keeps the constant as the
 # tensor-level factor of its scales (so GEMMs fold the power of two and scale their output).
 # "floor_x4/3": Tseng et al. (arXiv 2502.20586) scale an MXFP4 block by 3/4 before stochastic
@@ -86,6 +95,22 @@ def _finite_magnitude(x) -> jax.Array:
     return jnp.where(jnp.isfinite(a), a, jnp.zeros((), a.dtype))
 
 
+def group_statistic(xg, reduce_axes, rule: str) -> jax.Array:
+    """The statistic a ``STAT_RULES`` rule scales from, per group (kept as size-1 dims), in fp32.
+    ``"quest"``: ``QUEST_RATIO * sqrt(max(E[x^2] - E[x]^2, 0)) + QUEST_EPS`` over the group's
+    finite values as the kernel computes it (fp32 sums; the max with 0 is ours: the kernel
+    would give NaN where rounding makes the difference negative)."""
+    if rule != "quest":
+        raise ValueError(f"unknown statistic scale rule {rule!r}; known: {', '.join(STAT_RULES)}")
+    x = xg.astype(jnp.float32)
+    x = jnp.where(jnp.isfinite(x), x, 0.0)
+    n = math.prod(x.shape[a] for a in reduce_axes)
+    mean_sq = jnp.sum(x * x, axis=reduce_axes, keepdims=True) / n
+    mean = jnp.sum(x, axis=reduce_axes, keepdims=True) / n
+    std = jnp.sqrt(jnp.maximum(mean_sq - mean * mean, 0.0))
+    return jnp.float32(QUEST_RATIO) * std + jnp.float32(QUEST_EPS)
+
+
 def check_rule(rule) -> None:
     if isinstance(rule, Format):
         return
@@ -125,6 +150,8 @@ def scale_from_amax(am, fmt: Format, rule) -> jax.Array:
         s = _E8M0.quantize(exact_div(safe, fmt.max), rounding="nearest_even")
     elif rule == "pow2_ceil_bf16":
         s = pow2_bf16.scale(safe, fmt.max)
+    elif rule == "quest":  # am is the statistic c * std + eps (group_statistic): its power of two below
+        s = _E8M0.quantize(am.astype(jnp.float32), rounding="down")
     elif rule in FACTORED_RULES:
         base, factor = FACTORED_RULES[rule]
         s = exact.mul(scale_from_amax(safe, fmt, base), factor)

@@ -70,8 +70,8 @@ def test_errors_name_the_field_and_allowed_values():
         transform(np.ones((3, 24)), 1, 16)
     with pytest.raises(ValueError, match="fwd_hadamard needs reuse_forward=False"):
         Recipe(fwd_act=Quantizer("e4m3fn"), fwd_hadamard=Hadamard(), reuse_forward=True)
-    with pytest.raises(ValueError, match="fwd_weight: OCC and input-dependent estimators"):
-        Recipe(fwd_weight=Quantizer("e2m1fn", estimator=lp.quant.dge(k=5)), fwd_hadamard=Hadamard())
+    with pytest.raises(ValueError, match="fwd_act: OCC cannot follow fwd_hadamard"):
+        Recipe(fwd_act=Quantizer("e2m1fn", occ=lp.quant.OCC(alpha=0.99)), fwd_hadamard=Hadamard())
     with pytest.raises(TypeError, match="wgrad_hadamard must be a lowprec.quant.Hadamard"):
         Recipe(wgrad_hadamard=16)
 
