@@ -37,7 +37,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.imports = ()  # user modules or .py files imported first (their formats, recipes usable by name)
     c.model = ml_collections.ConfigDict(dict(size=size, vocab_size=256, tie_embeddings=False, remat=False,
                                              attention="",  # "" (auto), "xla" or "cudnn"
-                                             scan_unroll=0))  # layers per scan iteration; 0: all (fastest step)
+                                             scan_unroll=0,  # layers per scan iteration; 0: all (fastest step)
+                                             arch=""))  # JSON of LlamaConfig fields over size's (finetune.init_from_hf)
     # Precision policy (lp.optim.PRESETS or "param=..,compute=..,master=..,loss_scale=.."):
     # fp32 parameters with bf16 compute by default.
     c.policy = "mixed_bf16"
@@ -47,7 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.recipe_rules = (("lm_head", "bf16"),)
     c.data = ml_collections.ConfigDict(dict(
         source="synthetic" if smoke else "pypi_v1", seq_len=64 if smoke else 128 if cpu else 512,
-        batch_size=8 if smoke else 16 if cpu else 64, path="",
+        batch_size=8 if smoke else 16 if cpu else 64, path="", tokenizer="",  # tokenizer.json for text
         include="", exclude=""))  # sub-sources of the corpus, comma-separated ("" = all); source "default"
     # is debian_v1, the default corpus of runs before pypi_v1 (their config.json says "default")
     # Fine-tuning: init_from a run directory (its latest checkpoint; optimizer fresh); mode full |
@@ -56,7 +57,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # qat_estimator ste | dge); eval_quantized: a format the targeted weights are rounded to for a
     # last validation (adapters merged first), recorded as split "val_quantized".
     c.finetune = ml_collections.ConfigDict(dict(
-        init_from="", mode="full", lora_rank=8, lora_alpha=16.0, lora_targets="attn|mlp", lora_dropout=0.0,
+        init_from="", init_from_hf="", mode="full", lora_rank=8, lora_alpha=16.0, lora_targets="attn|mlp", lora_dropout=0.0,
         base_format="nf4_qlora", qat_estimator="ste", eval_quantized=""))
     c.optim = ml_collections.ConfigDict(dict(
         lr=3e-3 if small else 1e-3, warmup_steps=10 if smoke else 50 if cpu else 200, min_lr_ratio=0.1,

@@ -3,6 +3,7 @@
     python -m experiments.evaluate runs/20m-bf16                                  # as trained
     python -m experiments.evaluate runs/20m-bf16 --recipe fp8 --recipe fp4_paper  # + inference in these
     python -m experiments.evaluate runs/20m-bf16 --step 1000 --batches 32 --out eval.json
+    python -m experiments.evaluate --hf models/llama --data 'text:notes/*.md' --recipe fp8   # a HF checkpoint
 
 Loads the run's checkpoint (``--step``, default the latest) and measures the mean next-token
 loss, perplexity and bits per byte on its own validation split (the data, sequence length and
@@ -12,6 +13,10 @@ every layer the run's recipe rules do not pin (the LM head stays as trained): wh
 model in another format would cost, with no calibration; a recipe the run's ``config.imports``
 modules define is known by name here (they are imported before ``--recipe`` is checked). ``--out`` writes the rows as JSON with
 the command, device, date and package versions.
+
+``--hf PATH`` evaluates a Hugging Face Llama checkpoint instead (loaded with ``models.load_hf``,
+bf16 compute; "as trained" is its bf16 row) on the held-out split of ``--data SOURCE[:PATH]``,
+text tokenized with ``PATH/tokenizer.json`` or ``--tokenizer`` (as ``experiments.ptq --hf``).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import sys
 from tqdm.auto import tqdm
 
 from experiments.common import cli_logging, environment, write_json
+from experiments.ptq import HFRun, check_vocab, data_config
 from lowprec import data as lpdata
 from lowprec import nn as lpnn
 from lowprec import ptq
@@ -37,6 +43,7 @@ def held_out(run, batches: int | None) -> tuple[list, float]:
     """The run's validation batches ``(tokens, valid)`` and its corpus's bytes per token."""
     d = run.cfg.data
     corpus = loop.load_corpus(run.cfg)
+    check_vocab(run, corpus)
     _, val = corpus.split()
     n = run.cfg.train.eval_batches if batches is None else batches
     evals = lpdata.EvalBatches(val, seq_len=d.seq_len, batch_size=d.batch_size, max_batches=n)
@@ -73,7 +80,14 @@ def table(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", help="a trained run directory (its config.json and checkpoints/)")
+    parser.add_argument("run", nargs="?", default="", help="a trained run directory (its config.json and checkpoints/)")
+    parser.add_argument("--hf", default="", help="a Hugging Face Llama directory instead of a run")
+    parser.add_argument("--data", default="", help="with --hf: SOURCE[:PATH] of the held-out tokens, e.g. "
+                        "'text:notes/*.md' (tokenized with --tokenizer), 'tokens:ids.bin', pypi_v1")
+    parser.add_argument("--tokenizer", default="", help="with --hf --data text:...: a tokenizer.json "
+                        "(default: the checkpoint's)")
+    parser.add_argument("--seq-len", dest="seq_len", type=int, default=128, help="with --hf: tokens per sequence")
+    parser.add_argument("--batch-size", dest="batch_size", type=int, default=8, help="with --hf: sequences per batch")
     parser.add_argument("--step", type=int, default=None, help="the checkpoint step (default: the latest)")
     parser.add_argument("--recipe", action="append", default=[],
                         help="also evaluate with this recipe (a name in lp.recipes or fp4(...)); repeatable")
@@ -84,6 +98,10 @@ def main(argv=None) -> int:
     cli_logging()
     if args.batches is not None and args.batches < 1:
         parser.error(f"--batches must be >= 1; got {args.batches}")
+    if bool(args.run) == bool(args.hf):
+        parser.error("give a run directory or --hf <Hugging Face dir> (one of them)")
+    if args.hf:
+        return _main_hf(parser, args)
     try:
         cfg = restore.read_config(args.run)  # imports the run's config.imports: their recipes resolve below
     except (FileNotFoundError, ConfigError) as e:
@@ -104,6 +122,29 @@ def main(argv=None) -> int:
           f"{run.cfg.data.seq_len} tokens:\n\n{table(rows)}")
     if args.out:
         write_json(args.out, {"environment": environment(), "run": args.run, "step": run.step,
+                              "batches": len(batches), "rows": rows})
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _main_hf(parser, args) -> int:
+    for name in args.recipe:
+        try:
+            recipes.get(name)
+        except ValueError as e:
+            parser.error(f"--recipe: {e}")
+    try:
+        data = data_config(args.hf, args.data, args.tokenizer, args.seq_len, args.batch_size,
+                           20 if args.batches is None else args.batches)
+        run = HFRun(args.hf, data)
+        batches, bytes_per_token = held_out(run, args.batches)
+    except (ValueError, FileNotFoundError) as e:
+        parser.error(" ".join(str(e).split()))
+    rows = evaluate(run, [None, *args.recipe], batches, bytes_per_token, progress=not args.no_progress)
+    print(f"{args.hf} (Hugging Face), {len(batches)} held-out batches of {data.batch_size} x {data.seq_len} "
+          f"tokens:\n\n{table(rows)}")
+    if args.out:
+        write_json(args.out, {"environment": environment(), "hf": args.hf, "data": data.to_dict(),
                               "batches": len(batches), "rows": rows})
         print(f"wrote {args.out}")
     return 0

@@ -142,23 +142,24 @@ def retokenize(corpus, tokenizer: BPETokenizer, out_dir, provenance: dict | None
     """A prepared corpus directory (loadable with ``data.load("pypi_v1", path=out_dir)``) holding
     ``corpus`` (a byte-level ``Corpus``) re-tokenized document by document, and ``tokenizer.json``."""
     from lowprec.data.corpus import Document
-    from lowprec.data.store import TOKENS_FILE, write_documents, write_meta, write_tokens
+    from lowprec.data.store import TOKENS_FILE, dtype_for, token_dtype, write_documents, write_meta, write_tokens
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    dtype = dtype_for(tokenizer.vocab_size)
     pieces, documents, offset = [], [], 0
     for d in corpus.documents:
         raw = np.asarray(corpus.tokens[d.start:d.start + d.length], np.uint8)
         ids = tokenizer.encode(raw[raw != 0].tobytes())  # the byte corpus ends documents with NUL
-        ids = np.concatenate([ids, [tokenizer.eot_id]]).astype(np.uint16)
+        ids = np.concatenate([ids, [tokenizer.eot_id]]).astype(token_dtype(dtype))
         pieces.append(ids)
         documents.append(Document(d.source, d.group, d.name, offset, len(ids)))
         offset += len(ids)
     tokens = np.concatenate(pieces)
-    write_tokens(out_dir / TOKENS_FILE, tokens, "uint16")
+    write_tokens(out_dir / TOKENS_FILE, tokens, dtype)
     write_documents(out_dir / "documents.tsv", documents)
     tokenizer.save(out_dir / "tokenizer.json")
-    write_meta(out_dir, {"sha256": hashlib.sha256(tokens.astype("<u2").tobytes()).hexdigest(), "dtype": "uint16", "vocab_size": tokenizer.vocab_size, "num_tokens": int(tokens.size),
+    write_meta(out_dir, {"sha256": hashlib.sha256(tokens.astype(token_dtype(dtype)).tobytes()).hexdigest(), "dtype": dtype, "vocab_size": tokenizer.vocab_size, "num_tokens": int(tokens.size),
                          "documents": len(documents), "tokenizer": "byte_bpe", "eot_id": tokenizer.eot_id,
                          "bytes_per_token": float(sum(d.length for d in corpus.documents) / tokens.size),
                          **(provenance or {})})

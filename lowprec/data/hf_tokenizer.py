@@ -3,6 +3,8 @@ is tokenized as a loaded checkpoint expects."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 
@@ -30,3 +32,21 @@ class HFTokenizer:
 
     def decode(self, ids) -> str:
         return self._tok.decode([int(i) for i in np.asarray(ids).ravel()], skip_special_tokens=False)
+
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def tokenizer_file(path: str) -> str:
+    """``path`` itself (a ``tokenizer.json``) or the ``tokenizer.json`` in directory ``path``."""
+    path = os.path.expanduser(str(path))
+    file = os.path.join(path, TOKENIZER_FILE) if os.path.isdir(path) else path
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"data.tokenizer {str(path)!r}: no {TOKENIZER_FILE} there "
+                                "(give a tokenizer.json or a Hugging Face directory holding one)")
+    return file
+
+
+def load_tokenizer(path: str, eot_token: str | None = None) -> HFTokenizer:
+    """The HFTokenizer of a ``tokenizer.json`` or of a Hugging Face directory holding one."""
+    return HFTokenizer(tokenizer_file(path), eot_token)

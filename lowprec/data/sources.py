@@ -16,7 +16,7 @@ import numpy as np
 
 from lowprec.data.corpus import Corpus, Document
 from lowprec.data import pinned
-from lowprec.data.store import TOKEN_DTYPES, read_tokens
+from lowprec.data.store import TOKEN_DTYPES, dtype_for, read_tokens
 from lowprec.data.synthetic import markov_bytes
 from lowprec.data.tokenizer import ByteTokenizer, Tokenizer
 
@@ -51,9 +51,14 @@ def load(source: str = pinned.DEFAULT, path: str | os.PathLike | None = None, *,
     return corpus.select(include, exclude) if include or exclude else corpus
 
 
-def load_text(path: str | Sequence[str], tokenizer: Tokenizer | None = None) -> Corpus:
+def load_text(path: str | Sequence[str], tokenizer: Tokenizer | str | None = None) -> Corpus:
     """Local text files: ``path`` is a file, a glob (``**`` recursive), or several separated
-    by commas. Each file is a document and its own split group."""
+    by commas. Each file is a document and its own split group. ``tokenizer``: a Tokenizer, or
+    the path of a Hugging Face ``tokenizer.json`` or of a directory holding one (``data.tokenizer``);
+    default: bytes. Tokens are stored in the narrowest dtype the vocabulary fits (uint32 past 65536)."""
+    if isinstance(tokenizer, (str, os.PathLike)):
+        from lowprec.data.hf_tokenizer import load_tokenizer
+        tokenizer = load_tokenizer(tokenizer)
     tokenizer = tokenizer or ByteTokenizer()
     patterns = path.split(",") if isinstance(path, str) else list(path)
     files = sorted({f for p in patterns if p.strip()
@@ -61,15 +66,19 @@ def load_text(path: str | Sequence[str], tokenizer: Tokenizer | None = None) -> 
                     if os.path.isfile(f)})
     if not files:
         raise FileNotFoundError(f"data.path {path!r} matches no file")
-    pieces, documents, offset = [], [], 0
+    pieces, documents, offset, nbytes = [], [], 0, 0
     sep = np.asarray([tokenizer.eot_id])
     for f in files:
-        ids = tokenizer.encode(Path(f).read_text(encoding="utf-8", errors="surrogateescape"))
+        text = Path(f).read_text(encoding="utf-8", errors="surrogateescape")
+        nbytes += len(text.encode("utf-8", "surrogateescape"))
+        ids = tokenizer.encode(text)
         pieces += [ids, sep]
         documents.append(Document("text", f, f, offset, len(ids) + 1))
         offset += len(ids) + 1
-    dtype = np.uint8 if tokenizer.vocab_size <= 256 else np.uint16
-    return Corpus(np.concatenate(pieces).astype(dtype), tuple(documents), tokenizer.vocab_size)
+    dtype = TOKEN_DTYPES[dtype_for(tokenizer.vocab_size)]
+    # bits per byte of text: bytes of the files per token (a byte tokenizer's corpus: 1, as before)
+    per_token = 1.0 if isinstance(tokenizer, ByteTokenizer) else nbytes / offset
+    return Corpus(np.concatenate(pieces).astype(dtype), tuple(documents), tokenizer.vocab_size, per_token)
 
 
 def load_tokens(path: str, dtype: str = "uint8", vocab_size: int | None = None) -> Corpus:

@@ -17,9 +17,18 @@ import numpy as np
 
 from lowprec.data.corpus import Corpus, Document
 
-TOKEN_DTYPES = {"uint8": np.uint8, "uint16": np.uint16}
+TOKEN_DTYPES = {"uint8": np.uint8, "uint16": np.uint16, "uint32": np.uint32}
 TOKENS_FILE, DOCUMENTS_FILE, META_FILE = "tokens.bin", "documents.tsv", "corpus.json"
 _COLUMNS = ("source", "group", "name", "start", "length")
+
+
+def dtype_for(vocab_size: int) -> str:
+    """The narrowest stored dtype that holds ids below ``vocab_size`` (uint32 beyond 65536:
+    corpus.json records which, so corpora written with uint8/uint16 load as before)."""
+    for name in TOKEN_DTYPES:
+        if vocab_size <= int(np.iinfo(TOKEN_DTYPES[name]).max) + 1:
+            return name
+    raise ValueError(f"vocab_size {vocab_size} does not fit any token dtype (at most {2 ** 32})")
 
 
 def token_dtype(name: str) -> np.dtype:

@@ -14,6 +14,7 @@ module reads configs only, never another run's files: it imports nothing from ``
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any, Callable
 
 import jax
@@ -62,7 +63,8 @@ def recipe_rules(cfg) -> list[tuple]:
 def make_model(cfg):
     """(LlamaConfig, Policy, model) of ``cfg``, its recipes assigned, its parameters initialized from ``cfg.seed``."""
     policy = get_policy(cfg.policy)
-    mcfg = llama.config_for(cfg.model.size, tie_embeddings=cfg.model.tie_embeddings, remat=cfg.model.remat,
+    arch = json.loads(cfg.model.get("arch") or "{}")  # a Hugging Face checkpoint's sizes (finetune.init_from_hf)
+    mcfg = llama.config_for(cfg.model.size, **arch, tie_embeddings=cfg.model.tie_embeddings, remat=cfg.model.remat,
                             scan_unroll=cfg.model.get("scan_unroll", 0),
                             dtype=policy.compute_dtype, param_dtype=policy.param_dtype,
                             vocab_size=cfg.model.vocab_size, attention=cfg.model.attention or None)
@@ -102,7 +104,9 @@ def load_corpus(cfg) -> lpdata.Corpus:
     """The run config's corpus: ``data.source`` / ``data.path``, restricted to ``data.include`` /
     ``data.exclude`` ("" or absent in older configs: no restriction)."""
     d = cfg.data
-    return lpdata.load(d.source, d.path or None, include=d.get("include") or None, exclude=d.get("exclude") or None)
+    options = {"tokenizer": d.tokenizer} if d.get("tokenizer") else {}  # text files (checked: finetune.resolve_model)
+    return lpdata.load(d.source, d.path or None, include=d.get("include") or None, exclude=d.get("exclude") or None,
+                       **options)
 
 
 @dataclasses.dataclass

@@ -29,6 +29,8 @@ FIELDS: dict[str, str] = {
     "model.vocab_size": "token ids (bytes: 256; a BPE corpus: its vocabulary)",
     "model.tie_embeddings": "LM head shares the embedding table (a quantized `lm_head` layer, logits scaled "
                             "by d_model^-0.5)",
+    "model.arch": "JSON of LlamaConfig fields overriding `model.size`'s (`\"\"`: none); written from "
+                  "`finetune.init_from_hf`'s config.json (sizes, GQA, head width, rope_theta, rms_norm_eps)",
     "model.remat": "recompute each layer in the backward pass",
     "model.scan_unroll": "layers per iteration of the layer scan; 0: all (no loop, the fastest step)",
     "model.attention": "`\"\"` (auto: cuDNN's fused kernel on GPUs, logged), `\"xla\"` or `\"cudnn\"`",
@@ -42,9 +44,13 @@ FIELDS: dict[str, str] = {
     "data.seq_len": "tokens per sequence",
     "data.batch_size": "sequences per step (global)",
     "data.path": "a prepared corpus directory, or files for `text` / `tokens`",
+    "data.tokenizer": "a Hugging Face `tokenizer.json`, or a directory holding one, that tokenizes "
+                      "`text` files (`\"\"`: bytes); `model.vocab_size` must hold its vocabulary",
     "data.include": "sub-sources kept, comma-separated (`\"\"`: all), e.g. `shakespeare`",
     "data.exclude": "sub-sources left out",
     "finetune.init_from": "a run directory to start from (its latest checkpoint; optimizer fresh)",
+    "finetune.init_from_hf": "a Hugging Face Llama directory (config.json, safetensors) to start from; "
+                             "its config.json sets `model.vocab_size`, `model.tie_embeddings` and `model.arch`",
     "finetune.mode": "`full`, `lora`, `qlora` (adapters over a base stored in `base_format`), `qat`",
     "finetune.lora_rank": "adapter rank",
     "finetune.lora_alpha": "adapter scale alpha / rank",

@@ -17,7 +17,10 @@ imports ``build`` and ``restore``, never ``loop`` (the chain is described in ``l
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import hashlib
+import json
 import logging
 import os
 from typing import Any
@@ -28,9 +31,12 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from lowprec.data import hf_tokenizer
+from lowprec.models import hf
 from lowprec.nn import assign_recipes, lora
 from lowprec.train import build, checkpoint, restore, run_recipes, sharding
 from lowprec.train.checkpoint import Checkpointer, abstract
+from lowprec.train.config_check import ConfigError
 # The finetune block and its modes' construction, at their old import paths (finetune.settings, ...).
 from lowprec.train.finetune_modes import (  # noqa: F401
     ADAPTER_MODES, DEFAULTS, MODES, QAT_ESTIMATORS, adapt, check, qat_rules, settings, split, trainable_filter,
@@ -43,10 +49,82 @@ log = logging.getLogger(__name__)
 _SHAPE_FIELDS = ("size", "vocab_size", "tie_embeddings")
 
 
+# LlamaConfig fields a Hugging Face config.json sets beyond model.vocab_size / model.tie_embeddings,
+# recorded as JSON in model.arch (build.make_model applies them over model.size's).
+ARCH_FIELDS = ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "d_head", "max_seq_len", "rope_theta",
+               "norm_eps", "scale_tied_logits")
+
+
+def resolve_model(cfg):
+    """``cfg`` (a copy when changed) with the model of ``finetune.init_from_hf``'s config.json:
+    ``model.vocab_size``, ``model.tie_embeddings`` and ``model.arch`` (the other sizes, GQA, head
+    width, rope_theta, rms_norm_eps; the tied head unscaled) set from it, so the run's config.json
+    records them and ``build`` makes that model. Then ``data.tokenizer`` is checked: text files
+    only, its vocabulary within ``model.vocab_size``. ConfigError (one line) before any run is made."""
+    ft = settings(cfg)
+    path = ft.get("init_from_hf", "")
+    if path:
+        if ft.init_from:
+            raise ConfigError(f"finetune.init_from={ft.init_from!r} and finetune.init_from_hf={path!r}: give one")
+        try:
+            mcfg = hf.config_from_hf(hf.read_config(path))
+        except (OSError, ValueError, KeyError) as e:
+            raise ConfigError(f"finetune.init_from_hf {path!r}: {type(e).__name__ if isinstance(e, KeyError) else ''}"
+                              f"{' '.join(str(e).split())}") from None
+        arch = json.dumps({f: getattr(mcfg, f) for f in ARCH_FIELDS}, sort_keys=True)
+        changed = {f"model.{k}": (cfg.model.get(k), v) for k, v in (("vocab_size", mcfg.vocab_size),
+                   ("tie_embeddings", mcfg.tie_embeddings), ("arch", arch)) if cfg.model.get(k) != v}
+        if changed:
+            cfg = copy.deepcopy(cfg)
+            with cfg.unlocked():
+                for key, (_, value) in changed.items():
+                    cfg.model[key.split(".")[1]] = value
+            log.info("model from %s/config.json: %s", path,
+                     ", ".join(f"{k}={v!r}" for k, (_, v) in changed.items()))
+    check_tokenizer(cfg)
+    return cfg
+
+
+def check_tokenizer(cfg) -> None:
+    """ConfigError unless ``data.tokenizer`` is empty or a tokenizer.json (or a directory holding
+    one) for ``data.source="text"`` whose vocabulary fits ``model.vocab_size``."""
+    path = cfg.data.get("tokenizer", "")
+    if not path:
+        return
+    if cfg.data.source != "text":
+        raise ConfigError(f"data.tokenizer={path!r} tokenizes text files: it needs data.source='text', "
+                          f"not {cfg.data.source!r}")
+    try:
+        tok = hf_tokenizer.load_tokenizer(path)
+    except (OSError, ValueError, ImportError) as e:
+        raise ConfigError(" ".join(str(e).split())) from None
+    if tok.vocab_size > cfg.model.vocab_size:
+        raise ConfigError(f"data.tokenizer {path!r} has {tok.vocab_size} tokens but model.vocab_size is "
+                          f"{cfg.model.vocab_size}: set model.vocab_size >= {tok.vocab_size}")
+
+
+def _hf_fingerprint(path: str) -> str:
+    """A short SHA-256 of a Hugging Face directory's config.json and safetensors files (names and contents)."""
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(path)):
+        if name == hf.CONFIG or name == hf.INDEX or name.endswith(".safetensors"):
+            digest.update(name.encode() + b"\0")
+            with open(os.path.join(path, name), "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
 def check_init_from(cfg) -> None:
     """Raises ValueError unless ``finetune.init_from`` is a run with plain parameters of the
-    configured model's shapes (read from its config.json, before any model is built)."""
+    configured model's shapes (read from its config.json, before any model is built); for
+    ``finetune.init_from_hf``, unless the config's model is its config.json's (``resolve_model``)."""
     ft = settings(cfg)
+    if ft.get("init_from_hf"):
+        if resolve_model(cfg) is not cfg:
+            raise ValueError(f"finetune.init_from_hf {ft.init_from_hf!r}: the config's model fields differ from its "
+                             "config.json (run it through finetune.resolve_model first)")
+        return
     pre_cfg = restore.read_config(ft.init_from)
     run_recipes.check_run(ft.init_from, pre_cfg)
     pre_mode = settings(pre_cfg).mode
@@ -64,6 +142,8 @@ def load_pretrained(cfg, model: nnx.Module) -> dict:
     model's dtypes); returns where they came from: the run, the checkpoint's step and its
     fingerprint (``checkpoint.fingerprint``), recorded as the fine-tune's ``init`` metrics."""
     ft = settings(cfg)
+    if ft.get("init_from_hf"):
+        return _load_hf(ft.init_from_hf, model)
     pre = restore.load_run(ft.init_from, devices=jax.local_devices()[:1])
     target = nnx.state(model, nnx.Param)
     # Through the host, as freshly initialized values (uncommitted), so any process can place them on the mesh.
@@ -72,6 +152,20 @@ def load_pretrained(cfg, model: nnx.Module) -> dict:
               "checkpoint": checkpoint.fingerprint(os.path.join(os.path.abspath(ft.init_from), "checkpoints"), pre.step)}
     log.info("initialized from %s (step %d, checkpoint %s, policy %s)", ft.init_from, pre.step, source["checkpoint"],
              pre.cfg.policy)
+    return source
+
+
+def _load_hf(path: str, model: nnx.Module) -> dict:
+    """Sets ``model``'s Params from the Hugging Face checkpoint in ``path`` (``models.load_hf``,
+    float32 on the host, then cast to the model's dtypes); returns its record (``init``)."""
+    src = hf.load_hf(path, dtype=model.cfg.dtype, param_dtype="float32")
+    target = nnx.state(model, nnx.Param)
+    loaded = nnx.state(src, nnx.Param)
+    if jax.tree.structure(loaded) != jax.tree.structure(target):
+        raise ValueError(f"finetune.init_from_hf {path!r}: its parameters do not match the configured model's")
+    nnx.update(model, jax.tree.map(lambda p, t: jnp.asarray(np.asarray(p), t.dtype), loaded, target))
+    source = {"from_hf": os.path.abspath(path), "checkpoint": _hf_fingerprint(path)}
+    log.info("initialized from Hugging Face checkpoint %s (%s)", path, source["checkpoint"])
     return source
 
 

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 MODES = ("full", "lora", "qlora", "qat")
 ADAPTER_MODES = ("lora", "qlora")
 QAT_ESTIMATORS = ("ste", "dge")
-DEFAULTS = dict(init_from="", mode="full", lora_rank=8, lora_alpha=16.0, lora_targets="attn|mlp", lora_dropout=0.0,
+DEFAULTS = dict(init_from="", init_from_hf="", mode="full", lora_rank=8, lora_alpha=16.0, lora_targets="attn|mlp", lora_dropout=0.0,
                 base_format="nf4_qlora", qat_estimator="ste", eval_quantized="")
 
 
@@ -96,7 +96,7 @@ def adapt(cfg, model: nnx.Module) -> dict:
     ft = settings(cfg)
     if ft.mode not in ADAPTER_MODES:
         return {}
-    if not ft.init_from:
+    if not ft.init_from and not ft.get("init_from_hf"):
         log.warning("finetune.mode=%s without finetune.init_from: adapters on a randomly initialized base", ft.mode)
     return lora.apply_lora(model, ft.lora_targets, ft.lora_rank, ft.lora_alpha, dropout=ft.lora_dropout,
                            base=ft.base_format if ft.mode == "qlora" else None, rngs=nnx.Rngs(cfg.seed + 3))

@@ -58,6 +58,7 @@ def train(cfg, workdir: str, stop_at: int | None = None, resume_override: bool =
     """
     t0 = time.perf_counter()
     imported = imports.from_config(cfg)  # first: the user's modules register the names checked next
+    cfg = finetune.resolve_model(cfg)  # init_from_hf's sizes into model.*; data.tokenizer checked
     mesh = _check(cfg)
     run, handler = _open_run(cfg, workdir, imported, resume_override, library_logs)
     stop = {"signal": None}
@@ -222,7 +223,7 @@ def _build(cfg, run: RunDir, mesh) -> _Parts:
     ckpt = Checkpointer(run.checkpoints, keep=cfg.train.keep_checkpoints)
     resuming = ckpt.latest_step() is not None
     load_params = None
-    if ft.init_from and not resuming:
+    if (ft.init_from or ft.get("init_from_hf")) and not resuming:
         finetune.check_init_from(cfg)
         load_params = finetune.load_pretrained
     built = setup(cfg, mesh, load_params)
@@ -383,7 +384,7 @@ def _frozen(state):
 
 
 def _is_finetune(ft) -> bool:
-    return bool(ft.init_from) or ft.mode != "full"
+    return bool(ft.init_from or ft.get("init_from_hf")) or ft.mode != "full"
 
 
 def evaluate(eval_step, params, evals, mesh, bytes_per_token: float = 1.0, frozen=None, amax=None) -> dict:
