@@ -1,6 +1,9 @@
 """Fine-tune a trained run: ``python -m experiments.finetune --config configs/lm.py:20m --workdir runs/ft \\
     --config.finetune.init_from=runs/20m --config.finetune.mode=qlora --config.data.include=shakespeare``.
 
+From a Hugging Face Llama directory instead: ``--config.finetune.init_from_hf=models/llama`` (its
+config.json sets the model; text tokenized with ``--config.data.tokenizer=models/llama``; docs/ptq.md).
+
 The same loop as ``experiments.train`` (re-running resumes the fine-tune from its own checkpoint,
 never from ``init_from`` again); at the end it prints the trainable parameter count, the memory
 of a step beside full fine-tuning's, and the domain validation loss (and, with
@@ -25,7 +28,8 @@ _ROWS = (("parameters", "trainable_bytes", "full_param_bytes"), ("frozen (base)"
 def summary(cfg, result: dict) -> str:
     """The fine-tune's numbers as a few aligned lines."""
     mem = result.get("memory") or {}
-    lines = [f"fine-tune {cfg.finetune.mode} from {cfg.finetune.init_from or '(random init)'}, "
+    start = cfg.finetune.init_from or cfg.finetune.get("init_from_hf") or "(random init)"
+    lines = [f"fine-tune {cfg.finetune.mode} from {start}, "
              f"data {cfg.data.include or 'all'}: step {result['step']}"]
     if mem:
         share = mem["trainable_params"] / max(mem["full_params"], 1)
