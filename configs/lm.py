@@ -68,7 +68,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         steps=60 if smoke else 600 if cpu else 5000, log_every=10 if small else 50,
         eval_every=30 if smoke else 200 if cpu else 500, eval_batches=4 if small else 20,
         checkpoint_every=30 if smoke else 200 if cpu else 500, keep_checkpoints=3,
-        telemetry_every=0, progress=True))
+        telemetry_every=0, progress=True,
+        seeds_per_process=1))  # seeds seed.. trained in one process (a vmapped axis), each in <workdir>/seed-<s>
     return c
 
 

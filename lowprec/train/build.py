@@ -89,15 +89,16 @@ def build_model(cfg, mesh):
     return mcfg, policy, graphdef, params, rest, shardings
 
 
-def make_optimizer(cfg, policy):
+def make_optimizer(cfg, policy, key=None):
     """(the run's optimizer: AdamW after global-norm clipping, inside ``policy``'s optimizer
-    wrapper; its warmup-cosine learning-rate schedule)."""
+    wrapper; its warmup-cosine learning-rate schedule). ``key``: the wrapper's (stochastic
+    rounding); default ``jax.random.key(cfg.seed + 1)``."""
     o = cfg.optim
     schedule = optax.warmup_cosine_decay_schedule(0.0, o.lr, o.warmup_steps, max(cfg.train.steps, o.warmup_steps + 1),
                                                   end_value=o.lr * o.min_lr_ratio)
     inner = optax.chain(optax.clip_by_global_norm(o.clip_norm),
                         optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay))
-    return policy.optimizer(inner, key=jax.random.key(cfg.seed + 1)), schedule
+    return policy.optimizer(inner, key=jax.random.key(cfg.seed + 1) if key is None else key), schedule
 
 
 def load_corpus(cfg) -> lpdata.Corpus:

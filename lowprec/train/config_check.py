@@ -34,7 +34,8 @@ RESUME_FREE = ("train.progress", "model.scan_unroll")
 # Fields added after runs were recorded, with their defaults: a field absent from a run's
 # config.json stands for this value there, so resuming under the default is no change.
 # (data_seed -1: the data order follows seed, as every run before the field did.)
-ADDED_DEFAULTS = {"data_seed": -1, "imports": [], "model.arch": "", "data.tokenizer": "", "finetune.init_from_hf": ""}
+ADDED_DEFAULTS = {"data_seed": -1, "imports": [], "model.arch": "", "data.tokenizer": "", "finetune.init_from_hf": "",
+                  "train.seeds_per_process": 1}
 
 
 class ConfigError(ValueError):

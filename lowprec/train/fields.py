@@ -84,6 +84,8 @@ FIELDS: dict[str, str] = {
     "train.keep_checkpoints": "checkpoints kept",
     "train.telemetry_every": "steps between per-layer numerics records (0: none)",
     "train.progress": "a progress bar on the terminal",
+    "train.seeds_per_process": "seeds `seed`.. `seed`+N-1 trained in one process as a vmapped axis (one device, "
+                               "from scratch), each in its own run directory `<workdir>/seed-<s>`",
 }
 
 # The docs table's default where the variants' values do not say it.

@@ -9,10 +9,13 @@ nothing from it. The construction functions it once held (``make_model``, ``buil
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
+import json
 import logging
 import math
+import os
 import signal
 import time
 from typing import Any
@@ -28,12 +31,15 @@ from lowprec.train.build import (  # noqa: F401
     Setup, build_model, check_kernels_fit, load_corpus, make_mesh, make_model, make_optimizer, recipe_rules, setup,
     shard,
 )
-from lowprec.train.checkpoint import Checkpointer, abstract, latest_on_disk
+from lowprec.train.checkpoint import CheckpointError, Checkpointer, abstract, latest_on_disk
 from lowprec.train.config_check import ConfigError
 from lowprec.train.metrics import MetricsWriter
 from lowprec.train.progress import Progress, model_flops_per_token, peak_flops
 from lowprec.train.rundir import RunDir
-from lowprec.train.step import FinetuneState, make_eval_step, make_loss_fn, make_train_step
+from lowprec.train.step import (
+    FinetuneState, make_eval_step, make_loss_fn, make_seeds_eval_step, make_seeds_train_step, make_train_step, stack,
+    unstack,
+)
 from lowprec.train.telemetry import first_nonfinite, flatten, make_telemetry_fn, nonfinite_params
 
 log = logging.getLogger(__name__)
@@ -60,6 +66,8 @@ def train(cfg, workdir: str, stop_at: int | None = None, resume_override: bool =
     imported = imports.from_config(cfg)  # first: the user's modules register the names checked next
     cfg = finetune.resolve_model(cfg)  # init_from_hf's sizes into model.*; data.tokenizer checked
     mesh = _check(cfg)
+    if seeds_per_process(cfg) > 1:  # seeds cfg.seed.. as a vmapped axis, each in its own run directory
+        return _train_seeds(cfg, workdir, mesh, imported, stop_at, resume_override, library_logs, t0)
     run, handler = _open_run(cfg, workdir, imported, resume_override, library_logs)
     stop = {"signal": None}
     previous = {s: signal.signal(s, _signal_handler(stop)) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -86,6 +94,7 @@ def _check(cfg):
     config_check.check(cfg, jax.device_count())
     mesh = make_mesh(cfg)
     check_kernels_fit(cfg, mesh)
+    check_seeds(cfg, mesh)
     return mesh
 
 
@@ -215,10 +224,11 @@ def _train(cfg, run: RunDir, mesh, stop: dict, stop_at: int | None) -> dict:
     return _finish(p, state, start, last, progress)
 
 
-def _build(cfg, run: RunDir, mesh) -> _Parts:
+def _build(cfg, run: RunDir, mesh, corpus: lpdata.Corpus | None = None) -> _Parts:
     """The run's model, state and optimizer (``setup``; from ``finetune.init_from`` unless a
     checkpoint is there to resume: a resumed fine-tune restores its own, never init_from again),
-    logged; its corpus, batch iterators and metrics writer."""
+    logged; its corpus (``corpus`` if given: seeds of one process share it), batch iterators and
+    metrics writer."""
     ft = finetune.settings(cfg)
     ckpt = Checkpointer(run.checkpoints, keep=cfg.train.keep_checkpoints)
     resuming = ckpt.latest_step() is not None
@@ -234,7 +244,7 @@ def _build(cfg, run: RunDir, mesh) -> _Parts:
     log.info("devices: %d x %s (%s)", mesh.devices.size, first.device_kind, first.platform)
     memory = finetune.memory_summary(built.state, built.full_params, built.tx) if _is_finetune(ft) else None
 
-    corpus = load_corpus(cfg)
+    corpus = load_corpus(cfg) if corpus is None else corpus
     train_split, val_split = corpus.split()
     batches = lpdata.Batches(train_split, seq_len=cfg.data.seq_len, batch_size=cfg.data.batch_size,
                              seed=config_check.data_seed(cfg), mesh=mesh)
@@ -396,3 +406,233 @@ def evaluate(eval_step, params, evals, mesh, bytes_per_token: float = 1.0, froze
     loss = total / max(count, 1.0)
     return {"loss": loss, "perplexity": float(np.exp(min(loss, 50.0))),
             "bits_per_byte": loss / math.log(2) / bytes_per_token}
+
+
+# ---- several seeds in one process (train.seeds_per_process) ----
+SEEDS_FILE = "seeds.json"  # in the group directory: the seeds and their run directories
+
+
+def seeds_per_process(cfg) -> int:
+    """``train.seeds_per_process`` (1 where a config has no such field)."""
+    return cfg.train.get("seeds_per_process", 1)
+
+
+def seed_configs(cfg) -> list:
+    """The configs of the seeds one process trains: ``seed`` = cfg.seed + i for i < seeds_per_process,
+    each with ``train.seeds_per_process=1`` (what its run directory's config.json records: the
+    config that trains it alone)."""
+    out = []
+    for i in range(seeds_per_process(cfg)):
+        c = copy.deepcopy(cfg)
+        with c.unlocked():
+            c.seed = cfg.seed + i
+            c.train.seeds_per_process = 1
+        out.append(c)
+    return out
+
+
+def seed_dir(workdir: str, seed: int) -> str:
+    """Seed ``seed``'s run directory in the group directory ``workdir``."""
+    return os.path.join(workdir, f"seed-{seed}")
+
+
+def check_seeds(cfg, mesh) -> None:
+    """ConfigError (one line) for what training several seeds in one process does not support."""
+    n = seeds_per_process(cfg)
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ConfigError(f"train.seeds_per_process must be an integer >= 1; got {n!r}")
+    if n == 1:
+        return
+    ft = finetune.settings(cfg)
+    if mesh.devices.size != 1 or jax.process_count() != 1:
+        raise ConfigError(f"train.seeds_per_process={n} trains on one device of one process: set mesh.devices=1 "
+                          f"(the mesh has {mesh.devices.size} devices, {jax.process_count()} processes)")
+    if ft.mode != "full" or ft.init_from or ft.get("init_from_hf") or ft.eval_quantized:
+        raise ConfigError(f"train.seeds_per_process={n} trains from scratch only: finetune.mode must be 'full' and "
+                          "finetune.init_from, finetune.init_from_hf, finetune.eval_quantized empty")
+
+
+def _train_seeds(cfg, workdir: str, mesh, imported: list, stop_at, resume_override: bool, library_logs: bool,
+                 t0: float) -> dict:
+    """``train`` for ``train.seeds_per_process`` > 1: seeds cfg.seed.. trained as a leading vmapped
+    axis of the state and batches, each in its own run directory ``<workdir>/seed-<s>`` (config.json
+    with its seed and seeds_per_process=1, metrics, checkpoints, STATUS, log.txt as its run alone
+    would write them: resumable alone or with the group). ``workdir`` holds seeds.json and a STATUS
+    of the group. Returns {"step", "seeds": {seed: its run's result}} (``interrupted`` after a signal)."""
+    try:
+        group = RunDir(workdir)
+    except OSError as e:
+        raise ConfigError(f"workdir {workdir!r} cannot be a directory of seed runs: {e.strerror or e}") from None
+    cfgs = seed_configs(cfg)
+    seeds = [c.seed for c in cfgs]
+    opened = []
+    try:
+        for c in cfgs:
+            opened.append(_open_run(c, seed_dir(workdir, c.seed), imported, resume_override, library_logs))
+    except BaseException:
+        for run, handler in reversed(opened):
+            run.detach_log(handler)
+        raise
+    runs = [run for run, _ in opened]
+    with open(os.path.join(group.path, SEEDS_FILE), "w") as f:
+        json.dump({"seeds": seeds, "dirs": [os.path.basename(r.path) for r in runs],
+                   "config": config_check.run_config(cfg)}, f, indent=2, sort_keys=True, default=str)
+    group.set_status("running")
+    log.info("training seeds %s in one process (train.seeds_per_process=%d) under %s", seeds, len(seeds),
+             group.path)
+    stop = {"signal": None}
+    previous = {s: signal.signal(s, _signal_handler(stop)) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        results = _train_seed_group(cfgs, runs, mesh, stop, stop_at)
+        for run, r in zip(runs, results):
+            _record_end(run, r, stop)
+        result = {"step": results[0]["step"], "seeds": dict(zip(seeds, results))}
+        if "interrupted" in results[0]:
+            result["interrupted"] = results[0]["interrupted"]
+        _record_end(group, dict(result), stop)
+        for s, r in result["seeds"].items():
+            log.info("seed %d %s", s, summary(r, time.perf_counter() - t0, cfg.data.batch_size * cfg.data.seq_len))
+        return result
+    except Exception as e:
+        for run, handler in opened:
+            _log_traceback(handler, e)
+            run.set_status("failed", f"{type(e).__name__}: {e}")
+        group.set_status("failed", f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        for s, before in previous.items():
+            signal.signal(s, before)
+        for run, handler in reversed(opened):
+            run.detach_log(handler)
+
+
+def _train_seed_group(cfgs: list, runs: list, mesh, stop: dict, stop_at) -> list[dict]:
+    """``_train``'s phases for seeds of one process: each seed's parts built (one corpus), all
+    restored at one step or started, stepped together; each seed's last metrics."""
+    corpus = load_corpus(cfgs[0])
+    parts = [_build(c, r, mesh, corpus) for c, r in zip(cfgs, runs)]
+    state, start = _restore_or_start_seeds(parts)
+    cfg = cfgs[0]
+    progress = Progress(cfg.train.steps, start, enabled=cfg.train.progress)
+    try:
+        state, lasts = _steps_seeds(parts, state, start, stop, stop_at, progress)
+        for i, (p, last) in enumerate(zip(parts, lasts)):
+            last["step"] = int(jax.device_get(state.step[i]))
+    finally:
+        for p in parts:
+            p.ckpt.close()
+            p.metrics.close()
+        progress.close()
+    return lasts
+
+
+def _restore_or_start_seeds(parts: list[_Parts]):
+    """(the seeds' states stacked, first step): every seed restored at the newest step all of them
+    have a checkpoint of (ConfigError where some seeds have checkpoints and others none), or
+    started, as ``_restore_or_start`` does for one."""
+    if len({p.resuming for p in parts}) > 1:
+        have = [p.run.path for p in parts if p.resuming]
+        raise ConfigError(f"train.seeds_per_process: {', '.join(have)} hold checkpoints, the other seeds' run "
+                          "directories none; resume each alone (train.seeds_per_process=1) or start them afresh")
+    restored = [_restore_or_start(p) for p in parts]
+    starts = sorted({start for _, start in restored})
+    if len(starts) > 1:  # a stop between seeds' saves: go back to the newest step all have
+        common = set.intersection(*(set(p.ckpt.manager.all_steps()) for p in parts))
+        if not common:
+            raise CheckpointError(f"the seeds' latest checkpoints are at steps {starts} and no step has a "
+                                  f"checkpoint of every seed ({', '.join(p.run.path for p in parts)})")
+        step = max(common)
+        log.warning("the seeds' latest checkpoints are at steps %s: resuming every seed at step %d", starts, step)
+        restored = []
+        for p in parts:
+            state, meta = p.ckpt.restore(step, abstract(p.built.state))
+            p.batches.restore(meta["data"])
+            p.metrics.truncate_after(step)
+            restored.append((state, step))
+    return stack([state for state, _ in restored]), restored[0][1]
+
+
+def _steps_seeds(parts: list[_Parts], state, start: int, stop: dict, stop_at, progress: Progress):
+    """``_steps`` for the seeds' stacked state: one vmapped step for all, each seed's records,
+    validation and checkpoints in its own run directory (the step time is the group's step)."""
+    cfg, built = parts[0].cfg, parts[0].built
+    seeds = jnp.asarray([p.cfg.seed for p in parts], jnp.int32)
+    rest = stack([p.built.rest for p in parts])
+
+    def make_tx(seed):
+        return make_optimizer(cfg, built.policy, key=jax.random.key(seed + 1))[0]
+
+    train_step = jax.jit(make_seeds_train_step(built.graphdef, make_tx, cfg.optim.grad_accum,
+                                               built.policy.loss_scale != "none"), donate_argnums=2)
+    eval_step = jax.jit(make_seeds_eval_step(built.eval_graphdef))
+    telemetry = {}
+
+    def telemetry_fn(i):
+        if i not in telemetry:
+            telemetry[i] = make_telemetry_fn(built.mcfg, recipe_rules(parts[i].cfg), parts[i].cfg.seed)
+        return telemetry[i]
+
+    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
+    flops = model_flops_per_token(built.mcfg, cfg.data.seq_len) * tokens_per_step
+    lasts = [{"step": start} for _ in parts]
+    t_last = time.perf_counter()
+    for step in range(start, cfg.train.steps):
+        tokens = [next(p.batches) for p in parts]
+        state, m = train_step(seeds, rest, state, jnp.stack(tokens))
+        done = step + 1
+        if stop_at is not None and done >= stop_at:
+            stop["signal"] = "stop_at"
+        stop["signal"] = distributed.agree_on_stop(stop.pop("asked", None) or stop["signal"],
+                                                   done % cfg.train.log_every == 0)
+        if done % cfg.train.log_every == 0 or done == cfg.train.steps:
+            m = jax.device_get(m)
+            dt = (time.perf_counter() - t_last) / cfg.train.log_every
+            t_last = time.perf_counter()
+            for i, p in enumerate(parts):
+                mi = {k: v[i] for k, v in m.items()}
+                if not math.isfinite(float(mi["loss"])):  # one seed's state sliced out only then
+                    try:
+                        _check_finite(p, unstack(state, i), mi, tokens[i], done, functools.partial(telemetry_fn, i))
+                    except NonFiniteLoss as e:
+                        raise NonFiniteLoss(f"seed {p.cfg.seed}: {e}") from None
+                values = _train_values(p, mi, done, dt, tokens_per_step, flops)
+                p.metrics.write(done, "train", values)
+                lasts[i] = {"step": done, **{k: float(v) for k, v in values.items()}}
+                if i == 0:
+                    progress.update(done, values)
+        if cfg.train.telemetry_every and done % cfg.train.telemetry_every == 0:
+            for i, p in enumerate(parts):
+                one = unstack(state, i)
+                p.metrics.write(done, "telemetry", flatten(*jax.device_get(telemetry_fn(i)(one.params, tokens[i],
+                                                                                           one.amax))))
+        if done % cfg.train.eval_every == 0 or done == cfg.train.steps:
+            evs = _evaluate_seeds(eval_step, seeds, rest, state, parts[0].evals, parts[0].mesh,
+                                  parts[0].corpus.bytes_per_token)
+            for p, ev, last in zip(parts, evs, lasts):
+                p.metrics.write(done, "val", ev)
+                last.update({f"val_{k}": v for k, v in ev.items()})
+            log.info("step %d: validation loss %s", done, ", ".join(
+                f"seed {p.cfg.seed} {ev['loss']:.4f}" for p, ev in zip(parts, evs)))
+        if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps or stop["signal"]:
+            for i, p in enumerate(parts):
+                p.ckpt.save(done, unstack(state, i), {"data": p.batches.state(), "step": done},
+                            force=bool(stop["signal"]))
+        if stop["signal"]:
+            log.warning("%s: saved step %d of every seed and stopping", _stop_name(stop["signal"]), done)
+            break
+    return state, lasts
+
+
+def _evaluate_seeds(eval_step, seeds, rest, state, evals, mesh, bytes_per_token: float) -> list[dict]:
+    """``evaluate`` of every seed at once (the vmapped ``eval_step``): one record per seed."""
+    total, count = np.zeros(len(seeds)), np.zeros(len(seeds))
+    for i in range(len(evals)):
+        tokens, valid = evals.global_batch(i, mesh)
+        s, n = eval_step(seeds, rest, state.params, tokens, jnp.asarray(valid), state.amax)
+        total, count = total + np.asarray(s, np.float64), count + np.asarray(n, np.float64)
+    out = []
+    for t, c in zip(total, count):
+        loss = float(t) / max(float(c), 1.0)
+        out.append({"loss": loss, "perplexity": float(np.exp(min(loss, 50.0))),
+                    "bits_per_byte": loss / math.log(2) / bytes_per_token})
+    return out

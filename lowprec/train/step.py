@@ -59,6 +59,17 @@ def make_train_step(loss_fn, tx: optax.GradientTransformation, grad_accum: int, 
     micro-batches with lax.scan (one compiled micro-step whatever the count). Amax histories
     (``state.amax``) become their gradient, the updated history (``ops.dot``); over
     micro-batches the newest amax is the largest of theirs."""
+    gradients, apply = make_gradients(loss_fn, grad_accum, loss_scaled), make_apply(tx, loss_scaled)
+
+    def train_step(state: TrainState | FinetuneState, tokens_BxT):
+        return apply(state, *gradients(state, tokens_BxT))
+
+    return train_step
+
+
+def make_gradients(loss_fn, grad_accum: int, loss_scaled: bool):
+    """(state, tokens_BxT) -> (mean loss, mean gradients, updated amax histories): the first half
+    of ``make_train_step``'s step."""
 
     def micro(params, frozen, amax, opt_state, tokens, step):
         def scaled(p, h):
@@ -67,7 +78,7 @@ def make_train_step(loss_fn, tx: optax.GradientTransformation, grad_accum: int, 
         (_, loss), (grads, new_amax) = jax.value_and_grad(scaled, argnums=(0, 1), has_aux=True)(params, amax)
         return loss, grads, new_amax
 
-    def train_step(state: TrainState | FinetuneState, tokens_BxT):
+    def gradients(state: TrainState | FinetuneState, tokens_BxT):
         frozen = getattr(state, "frozen", None)
         mb = tokens_BxT.reshape(grad_accum, -1, tokens_BxT.shape[-1])
 
@@ -80,7 +91,16 @@ def make_train_step(loss_fn, tx: optax.GradientTransformation, grad_accum: int, 
         zero = ((jnp.zeros((), jnp.float32), jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)),
                 jax.tree.map(jnp.zeros_like, state.amax))
         ((loss, grads), amax), _ = jax.lax.scan(body, zero, mb)
-        loss, grads = loss / grad_accum, jax.tree.map(lambda g: g / grad_accum, grads)
+        return loss / grad_accum, jax.tree.map(lambda g: g / grad_accum, grads), amax
+
+    return gradients
+
+
+def make_apply(tx: optax.GradientTransformation, loss_scaled: bool):
+    """(state, loss, grads, amax) -> (state, metrics): the optimizer's update, the second half of
+    ``make_train_step``'s step."""
+
+    def apply(state: TrainState | FinetuneState, loss, grads, amax):
         with jax.named_scope("optimizer"):  # profiles attribute its kernels by this name
             updates, opt_state = tx.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
@@ -90,7 +110,7 @@ def make_train_step(loss_fn, tx: optax.GradientTransformation, grad_accum: int, 
             metrics.update(loss_scale=ls.scale, skipped_steps=ls.skipped_steps)
         return state._replace(step=state.step + 1, params=params, opt_state=opt_state, amax=amax), metrics
 
-    return train_step
+    return apply
 
 
 def make_eval_step(loss_fn):
@@ -101,3 +121,44 @@ def make_eval_step(loss_fn):
         w = valid_B.astype(jnp.float32)
         return jnp.sum(per_seq * w), jnp.sum(w)
     return eval_step
+
+
+def stack(trees: list):
+    """Pytrees of one structure as one whose leaves have a leading axis (seed i's at index i)."""
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def unstack(tree, i: int):
+    """Index ``i`` of ``stack``'s leading axis: one seed's pytree."""
+    return jax.tree.map(lambda x: x[i], tree)
+
+
+def make_seeds_train_step(graphdef, make_tx, grad_accum: int, loss_scaled: bool):
+    """(seeds_S, rest_S, state_S, tokens_SxBxT) -> (state_S, metrics_S): ``make_train_step`` over
+    a leading axis of seeds, its gradients vmapped, its optimizer update mapped over the seeds
+    one at a time (``lax.map``: vmapped, XLA:CPU rounds the elementwise update's divisions
+    differently in the last bit, and the runs drift apart). Seed ``s`` computes as its run alone
+    would: its dropout key ``jax.random.key(s + 2)`` (``make_loss_fn``), its optimizer
+    ``make_tx(s)`` (a traced seed; the policy's stochastic-rounding key is derived from it)."""
+    def gradients(seed, rest, state, tokens_BxT):
+        return make_gradients(make_loss_fn(graphdef, rest, jax.random.key(seed + 2)), grad_accum, loss_scaled)(
+            state, tokens_BxT)
+
+    def apply(args):
+        seed, state, loss, grads, amax = args
+        return make_apply(make_tx(seed), loss_scaled)(state, loss, grads, amax)
+
+    def train_step(seeds, rest, state, tokens_SxBxT):
+        loss, grads, amax = jax.vmap(gradients)(seeds, rest, state, tokens_SxBxT)
+        return jax.lax.map(apply, (seeds, state, loss, grads, amax))
+
+    return train_step
+
+
+def make_seeds_eval_step(graphdef):
+    """(seeds_S, rest_S, params_S, tokens_BxT, valid_B, amax_S) -> (sums_S, counts_S):
+    ``make_eval_step`` vmapped over seeds, every seed on the same validation batch."""
+    def one(seed, rest, params, tokens_BxT, valid_B, amax):
+        return make_eval_step(make_loss_fn(graphdef, rest, jax.random.key(seed + 2)))(params, tokens_BxT, valid_B,
+                                                                                          None, amax)
+    return jax.vmap(one, in_axes=(0, 0, 0, None, None, 0))

@@ -9,18 +9,34 @@ from tests.train.test_train import smoke
 
 
 def without(config: dict, key: str) -> dict:
+    """``config`` less the (dotted) field ``key``."""
+    head, _, rest = key.partition(".")
+    if rest:
+        return {**config, head: without(config[head], rest)}
     return {k: v for k, v in config.items() if k != key}
+
+
+def get(config: dict, key: str):
+    for part in key.split("."):
+        config = config[part]
+    return config
+
+
+def with_value(config: dict, key: str, value) -> dict:
+    """``config`` with the (dotted) field ``key`` set to ``value``."""
+    head, _, rest = key.partition(".")
+    return {**config, head: with_value(config[head], rest, value) if rest else value}
 
 
 @pytest.mark.parametrize("field", sorted(ADDED_DEFAULTS))
 def test_an_added_field_absent_from_the_old_config_is_its_default(field):
     new = config_check.run_config(smoke())
-    assert new[field] == ADDED_DEFAULTS[field]
+    assert get(new, field) == ADDED_DEFAULTS[field]
     old = without(new, field)  # a run recorded before the field existed
     assert changes(old, new) == {} and changes(new, old) == {}
     default = ADDED_DEFAULTS[field]
-    changed = default + ["x"] if isinstance(default, list) else default + 7
-    other = {**new, field: changed}
+    changed = default + ["x"] if isinstance(default, list) else default + "x" if isinstance(default, str) else default + 7
+    other = with_value(new, field, changed)
     assert changes(old, other) == {field: (default, changed)}
     assert changes(other, old) == {field: (changed, default)}
 

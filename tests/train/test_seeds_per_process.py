@@ -1,0 +1,85 @@
+"""``train.seeds_per_process``: seeds as a vmapped axis of one process, each seed's run directory
+as its run alone writes it (losses, config.json, checkpoints, STATUS), resumable."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from lowprec.train import loop, restore
+from lowprec.train.config_check import ConfigError
+from lowprec.train.rundir import RunDir, read_metrics
+from tests.train.test_train import losses, smoke
+
+STEPS = 6
+BASE = {"mesh.devices": 1, "data.batch_size": 4, "data.seq_len": 32, "train.steps": STEPS, "train.log_every": 1, "train.eval_every": STEPS,
+        "train.checkpoint_every": 100, "train.eval_batches": 1}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("seeds")
+    loop.train(smoke(seed=1, **BASE), str(root / "alone-1"))
+    group = loop.train(smoke(seed=0, **{**BASE, "train.seeds_per_process": 2}), str(root / "group"))
+    return root, group
+
+
+def test_each_seed_trains_as_its_run_alone(runs):
+    root, group = runs
+    assert sorted(group["seeds"]) == [0, 1] and group["step"] == STEPS
+    alone, together = losses(root / "alone-1"), losses(root / "group" / "seed-1")
+    assert [s for s, _ in alone] == [s for s, _ in together] == list(range(1, STEPS + 1))
+    np.testing.assert_allclose([v for _, v in together], [v for _, v in alone], atol=1e-3, rtol=0)
+    seed0 = losses(root / "group" / "seed-0")
+    assert seed0[0][1] != together[0][1]  # another initialization and data order
+    for seed in (0, 1):
+        d = root / "group" / f"seed-{seed}"
+        config = json.load(open(d / "config.json"))
+        assert config["seed"] == seed and config["train"]["seeds_per_process"] == 1
+        assert RunDir(str(d)).status() == ("done", "")
+        assert [r["step"] for r in _records(d, "val")] == [STEPS]
+        assert (d / "log.txt").stat().st_size > 0
+    assert RunDir(str(root / "group")).status() == ("done", "")
+    assert json.load(open(root / "group" / loop.SEEDS_FILE))["dirs"] == ["seed-0", "seed-1"]
+
+
+def test_checkpoints_restore_per_seed(runs):
+    root, _ = runs
+    a = restore.load_run(str(root / "alone-1"))
+    b1, b0 = (restore.load_run(str(root / "group" / f"seed-{s}")) for s in (1, 0))
+    assert a.step == b1.step == b0.step == STEPS and b1.cfg.seed == 1
+    for x, y, z in zip(jax.tree.leaves(a.params), jax.tree.leaves(b1.params), jax.tree.leaves(b0.params)):
+        assert x.shape == y.shape  # one seed's parameters, no seed axis
+        np.testing.assert_allclose(np.asarray(y), np.asarray(x), atol=2e-3, rtol=0)
+    assert not all(np.array_equal(y, z) for y, z in zip(jax.tree.leaves(b1.params), jax.tree.leaves(b0.params)))
+
+
+def test_resume_after_a_stop_continues_identically(runs, tmp_path):
+    root, _ = runs
+    cfg = smoke(seed=0, **{**BASE, "train.seeds_per_process": 2})
+    stopped = loop.train(cfg, str(tmp_path), stop_at=3)
+    assert stopped["step"] == 3 and "interrupted" not in stopped  # stop_at: no signal
+    for seed in (0, 1):
+        status, reason = RunDir(str(tmp_path / f"seed-{seed}")).status()
+        assert status == "running" and "step 3" in reason
+    loop.train(cfg, str(tmp_path))
+    for seed in (0, 1):
+        assert losses(tmp_path / f"seed-{seed}") == losses(root / "group" / f"seed-{seed}")  # bit for bit
+        assert RunDir(str(tmp_path / f"seed-{seed}")).status() == ("done", "")
+
+
+@pytest.mark.parametrize("overrides, field", [
+    ({"train.seeds_per_process": 0}, "train.seeds_per_process"),
+    ({"train.seeds_per_process": 2, "finetune.mode": "lora"}, "finetune.mode"),
+])
+def test_unsupported_combinations_are_one_line_errors(tmp_path, overrides, field):
+    with pytest.raises(ConfigError) as e:
+        loop.train(smoke(**{**BASE, **overrides}), str(tmp_path / "run"))
+    assert field in str(e.value) and "\n" not in str(e.value)
+    assert not os.path.exists(tmp_path / "run")
+
+
+def _records(d, split):
+    return [r for r in read_metrics(os.path.join(d, "metrics.jsonl")) if r["split"] == split]
