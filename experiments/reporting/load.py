@@ -17,6 +17,7 @@ from lowprec.train import run_recipes
 from lowprec.train.rundir import RunDir, read_metrics
 
 MANIFEST = "manifest.json"
+SEEDS_FILE = "seeds.json"  # a directory of seeds trained in one process (lowprec.train.loop.SEEDS_FILE)
 NOT_STARTED = "not started"
 
 log = logging.getLogger(__name__)
@@ -83,9 +84,11 @@ def load(root: str, only: str | None = None) -> Sweep:
         _warn_unlisted(root, {run_id for run_id, _ in entries})
     else:
         manifest = None
-        entries = [(d, {}) for d in sorted(os.listdir(root)) if os.path.isfile(os.path.join(root, d, "config.json"))]
+        entries = [(d, {}) for d in sorted(os.listdir(root)) if os.path.isfile(os.path.join(root, d, "config.json"))
+                   or os.path.isfile(os.path.join(root, d, SEEDS_FILE))]
         log.info("no manifest.json: %d run directories with config.json; axes inferred from their configs",
                  len(entries))
+    entries = _seed_runs(root, entries)
     if only is not None:
         try:
             pattern = re.compile(only)
@@ -108,11 +111,29 @@ def load(root: str, only: str | None = None) -> Sweep:
         runs.sort(key=lambda r: [_order(r.value(a)) for a in axes])
         return Sweep(root, None, None, axes, runs, {}, None, False)
     axes = list(manifest.get("axes", []))
+    if "seed" not in axes and "seed" in varying_axes([o for _, o in entries]):  # seeds of one process
+        axes.append("seed")
     if only is not None:  # the axes that vary among the runs kept
         varying = varying_axes([r.overrides for r in runs])
         axes = [a for a in axes if a in varying]
     return Sweep(root, manifest.get("config"), manifest.get("created"), axes, runs,
                  manifest.get("versions") or {}, manifest.get("git"), True)
+
+
+def _seed_runs(root: str, entries: list) -> list:
+    """``entries`` with each directory of seeds trained in one process (``train.seeds_per_process``:
+    a seeds.json, a run directory per seed) replaced by its seeds' runs, ``<id>/seed-<s>``, each
+    with its seed among its overrides."""
+    out = []
+    for run_id, overrides in entries:
+        path = os.path.join(root, run_id, SEEDS_FILE)
+        if not os.path.isfile(path):
+            out.append((run_id, overrides))
+            continue
+        with open(path) as f:
+            group = json.load(f)
+        out += [(f"{run_id}/{d}", {**overrides, "seed": s}) for s, d in zip(group["seeds"], group["dirs"])]
+    return out
 
 
 def _warn_unlisted(root: str, listed: set[str]) -> None:

@@ -83,3 +83,15 @@ def test_unsupported_combinations_are_one_line_errors(tmp_path, overrides, field
 
 def _records(d, split):
     return [r for r in read_metrics(os.path.join(d, "metrics.jsonl")) if r["split"] == split]
+
+
+def test_reports_read_each_seed_of_a_group(runs):
+    from experiments.reporting import load
+
+    root, _ = runs
+    (root / "manifest.json").write_text(json.dumps({"config": "x", "axes": [], "runs": [{"id": "group",
+                                                                                          "overrides": {}}]}))
+    sweep = load.load(str(root))
+    assert [r.id for r in sweep.runs] == ["group/seed-0", "group/seed-1"] and sweep.axes == ["seed"]
+    assert [r.overrides for r in sweep.runs] == [{"seed": 0}, {"seed": 1}]
+    assert [r.status for r in sweep.runs] == ["done", "done"] and all(len(r.train) == STEPS for r in sweep.runs)
