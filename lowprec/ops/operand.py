@@ -82,7 +82,10 @@ def quantize(x, q: Quantizer | None, contraction, key, dtype, history=None,
         why = cast_transpose_reason(x.shape, split, q, s)
         if why is None:
             fp8 = native.FP8_DTYPES[cast]
-            out = cast_transpose.cast_transpose(x, 1.0 / s, fp8, q.format.max, split, amax=record_amax)
+            # The kernel multiplies by one fp32 inverse: at a scale below 2**-128 (or flushed to 0) 1/s
+            # overflows; capped at the fp32 maximum, entries saturate and zeros stay 0 (never inf * 0).
+            inv = jnp.minimum(1.0 / s, jnp.finfo(jnp.float32).max)
+            out = cast_transpose.cast_transpose(x, inv, fp8, q.format.max, split, amax=record_amax)
             return Operand(out[0], s, True, out[1], split, out[2] if record_amax else None), s
         _log_no_cast_transpose(x.shape, split, why)
     xg, _ = q.granularity.to_groups(x.astype(jnp.float32))

@@ -184,3 +184,15 @@ def test_auto_on_one_gpu_is_the_fp8_pallas_program(rand, monkeypatch):
     auto = lowered(recipes.fp8.replace(native_fp8="on"))
     assert auto == lowered(recipes.fp8_pallas.replace(native_fp8="on"))
     assert auto != lowered(recipes.fp8.replace(native_fp8="on", fp8_transposes="fused"))
+
+
+def test_pallas_layouts_stay_finite_at_a_scale_below_fp32s_normal_range():
+    """An operand whose per-tensor E4M3 scale amax/448 is below 2**-128 (1/s overflows fp32):
+    the kernel's inverse is capped, so zeros stay zero and nothing is NaN, forward and backward."""
+    k1, k2 = jax.random.split(jax.random.key(3))
+    x = jax.random.normal(k1, (2, 64, 128), jnp.float32) * 2.0 ** -122
+    x = jnp.where(jnp.arange(128) % 3 == 0, 0.0, x).astype(jnp.float32)  # exact zeros in every row
+    w = jax.random.normal(k2, (128, 192), jnp.bfloat16)
+    fn = lambda x, w, r: lp.dot_general(x, w, (((2,), (0,)), ((), ())), r)  # noqa: E731
+    value, grads = _value_and_grads(fn, PALLAS, x, w)
+    assert np.isfinite(np.asarray(value)) and all(np.isfinite(np.asarray(g, np.float32)).all() for g in grads)
