@@ -135,22 +135,21 @@ def unstack(tree, i: int):
 
 def make_seeds_train_step(graphdef, make_tx, grad_accum: int, loss_scaled: bool):
     """(seeds_S, rest_S, state_S, tokens_SxBxT) -> (state_S, metrics_S): ``make_train_step`` over
-    a leading axis of seeds, its gradients vmapped, its optimizer update mapped over the seeds
-    one at a time (``lax.map``: vmapped, XLA:CPU rounds the elementwise update's divisions
-    differently in the last bit, and the runs drift apart). Seed ``s`` computes as its run alone
+    a leading axis of seeds, its gradients vmapped, its optimizer update one per seed (an
+    unrolled loop: vmapped or under ``lax.map``, XLA:CPU fuses the elementwise update otherwise
+    and rounds some of it differently in the last bit, and the runs drift apart; unrolled, the
+    tiny model's state stays bit-identical to the runs alone). Seed ``s`` computes as its run alone
     would: its dropout key ``jax.random.key(s + 2)`` (``make_loss_fn``), its optimizer
     ``make_tx(s)`` (a traced seed; the policy's stochastic-rounding key is derived from it)."""
     def gradients(seed, rest, state, tokens_BxT):
         return make_gradients(make_loss_fn(graphdef, rest, jax.random.key(seed + 2)), grad_accum, loss_scaled)(
             state, tokens_BxT)
 
-    def apply(args):
-        seed, state, loss, grads, amax = args
-        return make_apply(make_tx(seed), loss_scaled)(state, loss, grads, amax)
-
     def train_step(seeds, rest, state, tokens_SxBxT):
         loss, grads, amax = jax.vmap(gradients)(seeds, rest, state, tokens_SxBxT)
-        return jax.lax.map(apply, (seeds, state, loss, grads, amax))
+        out = [make_apply(make_tx(seeds[i]), loss_scaled)(*(unstack(t, i) for t in (state, loss, grads, amax)))
+               for i in range(seeds.shape[0])]  # unrolled: each seed's update compiled as its run alone's
+        return stack([o[0] for o in out]), stack([o[1] for o in out])
 
     return train_step
 
