@@ -97,3 +97,15 @@ def test_reports_read_each_seed_of_a_group(runs):
     assert [r.id for r in sweep.runs] == ["group/seed-0", "group/seed-1"] and sweep.axes == ["seed"]
     assert [r.overrides for r in sweep.runs] == [{"seed": 0}, {"seed": 1}]
     assert [r.status for r in sweep.runs] == ["done", "done"] and all(len(r.train) == STEPS for r in sweep.runs)
+
+
+def test_amax_histories_are_per_seed_state(tmp_path):
+    """A delayed-scaling recipe: the amax histories ride the seed axis like the parameters."""
+    kw = {**BASE, "recipe": "fp8_delayed", "train.steps": 3, "train.eval_every": 3}
+    loop.train(smoke(seed=1, **kw), str(tmp_path / "alone"))
+    loop.train(smoke(seed=0, **{**kw, "train.seeds_per_process": 2}), str(tmp_path / "group"))
+    assert losses(tmp_path / "group" / "seed-1") == losses(tmp_path / "alone")
+    a, b = (restore.load_run(str(tmp_path / d)) for d in ("alone", "group/seed-1"))
+    histories = [x for x in jax.tree.leaves(b.rest)]
+    assert histories and all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a.rest), histories))
+    assert any(np.any(np.asarray(x) != 0) for x in histories)  # trained, not the initial zeros
