@@ -60,7 +60,9 @@ def train(cfg, workdir: str, stop_at: int | None = None, resume_override: bool =
     ``interrupted`` names the signal, ``exit_code(result)`` is 128 + its number.
     ``stop_at``: leave after that step as SIGTERM would (checkpoint, STATUS stays running),
     for preemptible time slots; re-running resumes. ``library_logs``: orbax's and other
-    libraries' INFO lines too (default: WARNING and above).
+    libraries' INFO lines too (default: WARNING and above). ``train.seeds_per_process`` N > 1:
+    ``workdir`` holds the run directories of seeds ``seed``..``seed``+N-1, trained in this process
+    as a vmapped axis (``_train_seeds``); the result lists each seed's under ``seeds``.
     """
     t0 = time.perf_counter()
     imported = imports.from_config(cfg)  # first: the user's modules register the names checked next

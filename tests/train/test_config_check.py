@@ -35,7 +35,8 @@ def test_an_added_field_absent_from_the_old_config_is_its_default(field):
     old = without(new, field)  # a run recorded before the field existed
     assert changes(old, new) == {} and changes(new, old) == {}
     default = ADDED_DEFAULTS[field]
-    changed = default + ["x"] if isinstance(default, list) else default + "x" if isinstance(default, str) else default + 7
+    changed = (default + ["x"] if isinstance(default, list) else default + "x" if isinstance(default, str)
+               else default + 7)
     other = with_value(new, field, changed)
     assert changes(old, other) == {field: (default, changed)}
     assert changes(other, old) == {field: (changed, default)}

@@ -15,8 +15,8 @@ from lowprec.train.rundir import RunDir, read_metrics
 from tests.train.test_train import losses, smoke
 
 STEPS = 6
-BASE = {"mesh.devices": 1, "data.batch_size": 4, "data.seq_len": 32, "train.steps": STEPS, "train.log_every": 1, "train.eval_every": STEPS,
-        "train.checkpoint_every": 100, "train.eval_batches": 1}
+BASE = {"mesh.devices": 1, "data.batch_size": 4, "data.seq_len": 32, "train.steps": STEPS, "train.log_every": 1,
+        "train.eval_every": STEPS, "train.checkpoint_every": 100, "train.eval_batches": 1}
 
 
 @pytest.fixture(scope="module")
