@@ -108,8 +108,8 @@ def test_unknown_config_key_is_an_error(tmp_path):
     # One line naming the field, its closest match and the fields there; no traceback.
     assert out.stderr.strip().splitlines() == [
         "error: --config.train.stepz: unknown config field 'train.stepz'; did you mean 'train.steps'; fields of "
-        "train: checkpoint_every, eval_batches, eval_every, keep_checkpoints, log_every, progress, steps, "
-        "telemetry_every"], out.stderr
+        "train: checkpoint_every, eval_batches, eval_every, keep_checkpoints, log_every, progress, "
+        "seeds_per_process, steps, telemetry_every"], out.stderr
     assert not tmp_path.joinpath("config.json").exists()
 
 
