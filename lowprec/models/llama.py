@@ -2,7 +2,8 @@
 
 Every linear layer is a ``QuantDense`` whose recipe is assigned by path rules; layers are
 stacked (``nnx.vmap`` at init, ``nnx.scan`` in the forward pass) so that compile time does not
-grow with depth. Parameters carry logical axis names (``embed``, ``mlp``, ``heads``,
+grow with depth. Rules may give layers recipes by index (``("blocks[-2:]", "bf16")``): the
+forward pass then scans each run of consecutive layers with equal recipes separately. Parameters carry logical axis names (``embed``, ``mlp``, ``heads``,
 ``vocab``, ``layers``) that the trainer maps onto the device mesh.
 """
 
@@ -16,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lowprec.nn import QuantAttend, QuantDense
+from lowprec.nn import QuantAttend, QuantDense, QuantModule
 
 log = logging.getLogger(__name__)
 
@@ -246,11 +247,37 @@ class Llama(nnx.Module):
         def run(block, x, k):
             return layer(block, x, k)
 
-        x_BxLxD = self.final_norm(run(self.blocks, x_BxLxD, layer_keys))
+        segments = _recipe_segments(self.blocks, self.cfg.n_layers)
+        if len(segments) == 1:
+            x_BxLxD = run(self.blocks, x_BxLxD, layer_keys)
+        else:  # per-layer recipes: one scan per run of layers with equal recipes
+            graphdef, state = nnx.split(self.blocks)
+            sown = []
+            for a, b in segments:
+                seg = nnx.merge(graphdef, jax.tree.map(lambda v: v[a:b], state))
+                for _, m in nnx.iter_modules(seg):
+                    if isinstance(m, QuantModule) and isinstance(m.recipe, tuple):
+                        m.recipe = m.recipe[a]
+                x_BxLxD = run(seg, x_BxLxD, None if layer_keys is None else layer_keys[a:b])
+                sown.append(nnx.state(seg, nnx.Intermediate))
+            if jax.tree.leaves(sown[0]):
+                nnx.update(self.blocks, jax.tree.map(lambda *v: jnp.concatenate(v), *sown))
+        x_BxLxD = self.final_norm(x_BxLxD)
         if self.cfg.tie_embeddings:
             logits = self.lm_head(x_BxLxD, table, key=_key(key, self.cfg.n_layers)).astype(jnp.float32)
             return logits * self.cfg.d_model ** -0.5 if self.cfg.scale_tied_logits else logits
         return self.lm_head(x_BxLxD, key=_key(key, self.cfg.n_layers)).astype(jnp.float32)
+
+
+def _recipe_segments(blocks, n_layers: int) -> list[tuple[int, int]]:
+    """[start, stop) runs of consecutive stacked layers whose quantized layers' recipes agree
+    (one run, the whole stack, unless ``assign_recipes`` gave some layer its own recipes)."""
+    per_layer = [m.recipe for _, m in nnx.iter_modules(blocks)
+                 if isinstance(m, QuantModule) and isinstance(m.recipe, tuple)]
+    if not per_layer:
+        return [(0, n_layers)]
+    starts = [0] + [i for i in range(1, n_layers) if any(r[i] != r[i - 1] for r in per_layer)]
+    return list(zip(starts, starts[1:] + [n_layers]))
 
 
 def cross_entropy(logits_BxLxV, targets_BxL, reduce: bool = True):

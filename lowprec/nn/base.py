@@ -31,10 +31,15 @@ class QuantModule(nnx.Module):
     roles' arrive as the gradient of ``grad_telemetry``. A recipe with delayed scaling gives the
     layer an ``amax_history`` (an :class:`AmaxHistory`; ``sync_amax_history`` after setting
     ``recipe`` directly, which ``assign_recipes`` does).
+
+    A stacked layer (``nnx.vmap``-made) whose layers follow different recipes holds a tuple of
+    them, one per layer (``assign_recipes`` with layer-index rules); it cannot be called as a
+    whole: run it one layer (or run of equal layers) at a time with ``recipe`` set to that
+    layer's, as ``models.llama`` does.
     """
 
     def _init_quant(self, recipe, telemetry: bool) -> None:
-        self.recipe = recipes.get(recipe)
+        self.recipe = recipe_value(recipe)
         self.grad_telemetry = GradTelemetry(ops.telemetry.probe()) if telemetry else nnx.data(None)
         self.sync_amax_history()
 
@@ -45,7 +50,7 @@ class QuantModule(nnx.Module):
     def sync_amax_history(self) -> None:
         """An empty amax history (zeros, stacked like the kernel) when ``recipe`` scales a role
         from one and the layer has none of the right shape; none when it scales no role so."""
-        recipe = recipes.get(self.recipe)
+        recipe = _history_recipe(self.recipe)
         if not recipe.delayed_roles():
             self.amax_history = nnx.data(None)
             return
@@ -65,6 +70,9 @@ class QuantModule(nnx.Module):
 
     def _gemm(self, op, *args, key, rngs, **kwargs):
         """``op(*args, recipe, key, ...)`` (``ops.dot_general`` or ``ops.einsum``), sowing telemetry."""
+        if isinstance(self.recipe, tuple):
+            raise ValueError(f"this stacked layer's recipe differs per layer ({', '.join(r.name or str(r) for r in self.recipe)}); "
+                             "call one layer at a time with recipe set to that layer's (models.llama does)")
         if key is None and rngs is not None and recipes.get(self.recipe).needs_key():
             key = rngs.quant()
         probe = None if self.grad_telemetry is None else self.grad_telemetry[...]
@@ -77,6 +85,27 @@ class QuantModule(nnx.Module):
         y, stats = out
         self.sow(nnx.Intermediate, "telemetry", stats)
         return y
+
+
+def recipe_value(recipe):
+    """A Recipe from a Recipe or name; a tuple or list (one per stacked layer) gives a tuple of
+    Recipes, or the one Recipe when all are equal."""
+    if isinstance(recipe, (tuple, list)):
+        per_layer = tuple(recipes.get(r) for r in recipe)
+        return per_layer[0] if len(set(per_layer)) == 1 else per_layer
+    return recipes.get(recipe)
+
+
+def _history_recipe(recipe):
+    """The recipe whose delayed roles size a layer's amax history: per-layer recipes must agree
+    on whether and how long they keep one."""
+    if not isinstance(recipe, tuple):
+        return recipes.get(recipe)
+    kinds = {(bool(r.delayed_roles()), r.amax_history_len if r.delayed_roles() else 0) for r in recipe}
+    if len(kinds) > 1:
+        raise ValueError("per-layer recipes of one stacked layer must all use delayed scaling with one "
+                         f"amax_history_len, or none: got {', '.join(r.name or str(r) for r in recipe)}")
+    return recipe[0]
 
 
 def param(init, key, shape, dtype, axes: Sequence[str | None] | None, metadata: Mapping) -> nnx.Param:
