@@ -49,7 +49,7 @@ def say(msg: str) -> None:
 
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's byte -> printable character map (what the ``tokenizers`` ByteLevel pre-tokenizer emits)."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     chars, n = {}, 0
     for b in range(256):
         if b in keep:
@@ -162,7 +162,7 @@ def quantize(args, hf_dir: str) -> list[dict]:
         ptq_cli.main(["--hf", hf_dir, "--data", args.data, "--seq-len", "128", "--batch-size", "16",
                       "--weights", weights, "--method", method, "--calib-batches", "4",
                       "--eval-batches", str(args.eval_batches), "--out", out,
-                      "--export", os.path.join(export, f"{weights}-{method}")])  # one directory each: names restart at 000
+                      "--export", os.path.join(export, f"{weights}-{method}")])  # one directory each
     rows = ptq_cli.read_rows(out)
     for r in rows:
         say(f"ptq {r['setting']}: loss {r['loss_before']:.4f} -> {r['loss_after']:.4f} ({r['loss_increase']:+.4f}), "
@@ -176,7 +176,8 @@ def finetune(args, hf_dir: str, ft_dir: str) -> None:
     sh(["-m", "experiments.finetune", "--config", "configs/lm.py:cpu", "--workdir", ft_dir,
         f"--config.model.size={args.size}", f"--config.finetune.init_from_hf={hf_dir}", "--config.finetune.mode=qlora",
         f"--config.train.steps={n}", f"--config.train.eval_every={n}", f"--config.train.checkpoint_every={n}",
-        f"--config.train.eval_batches={args.eval_batches}", "--config.train.log_every=1", "--config.train.progress=False",
+        f"--config.train.eval_batches={args.eval_batches}", "--config.train.log_every=1",
+        "--config.train.progress=False",
         "--config.optim.lr=1e-3", "--config.optim.warmup_steps=5"], os.path.join(args.workdir, "finetune.log"))
 
 
@@ -236,7 +237,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     os.makedirs(args.workdir, exist_ok=True)
     run_dir, hf_dir, ft_dir = (os.path.abspath(os.path.join(args.workdir, d)) for d in ("train", "hf", "qlora"))
-    summary = {"command": " ".join(["python", "-m", "experiments.hf_demo", *(argv if argv is not None else sys.argv[1:])]),
+    cli_args = argv if argv is not None else sys.argv[1:]
+    summary = {"command": " ".join(["python", "-m", "experiments.hf_demo", *cli_args]),
                "args": vars(args), "versions": versions(), "device": str(jax.devices()[0]),
                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     timings = {}
@@ -250,7 +252,8 @@ def main(argv=None) -> int:
         return result
 
     step(1, f"train {args.size} for {args.train_steps} steps", lambda: train(args, run_dir))
-    summary["save_load"] = step(2, "save_hf + tokenizer.json, load_hf back", lambda: save_and_check(args, run_dir, hf_dir))
+    summary["save_load"] = step(2, "save_hf + tokenizer.json, load_hf back",
+                                lambda: save_and_check(args, run_dir, hf_dir))
     summary["evaluate"] = step(3, "evaluate the run and the HF directory", lambda: evaluate(args, run_dir, hf_dir))
     summary["ptq"] = step(4, "PTQ from the HF directory", lambda: quantize(args, hf_dir))
     step(5, f"QLoRA fine-tune from the HF directory ({args.ft_steps} steps)", lambda: finetune(args, hf_dir, ft_dir))
