@@ -151,6 +151,11 @@ def reference(q, x):
         ts = _f32(t_am / (q.format.max * lp.formats.get(q.scale).max)) if t_am > 0 else 1.0
         group = _rule_scale(_f32(am / ts), q.format, q.scale)
         s = _f32(group * ts)
+    elif q.scale == "quest":  # from the group's std (QuEST): 2**floor(log2(ratio * std + eps))
+        n = np.sum(idx >= 0, axis=axes, keepdims=True)
+        var = np.sum(xg * xg, axis=axes, keepdims=True) / n - (np.sum(xg, axis=axes, keepdims=True) / n) ** 2
+        stat = _f32(scaling.QUEST_RATIO * np.sqrt(np.maximum(var, 0.0)) + scaling.QUEST_EPS)
+        s = _pow2(_floor_log2(stat))
     else:
         s = _rule_scale(am, q.format, q.scale)
     if q.double_quant is not None:  # NF4: the scales minus their mean, quantized again
