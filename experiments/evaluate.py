@@ -28,7 +28,7 @@ import sys
 from tqdm.auto import tqdm
 
 from experiments.common import cli_logging, environment, write_json
-from experiments.ptq import HFRun, check_vocab, data_config
+from experiments.ptq import HFRun, add_hf_arguments, check_vocab, data_config
 from lowprec import data as lpdata
 from lowprec import nn as lpnn
 from lowprec import ptq
@@ -81,13 +81,7 @@ def table(rows: list[dict]) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", nargs="?", default="", help="a trained run directory (its config.json and checkpoints/)")
-    parser.add_argument("--hf", default="", help="a Hugging Face Llama directory instead of a run")
-    parser.add_argument("--data", default="", help="with --hf: SOURCE[:PATH] of the held-out tokens, e.g. "
-                        "'text:notes/*.md' (tokenized with --tokenizer), 'tokens:ids.bin', pypi_v1")
-    parser.add_argument("--tokenizer", default="", help="with --hf --data text:...: a tokenizer.json "
-                        "(default: the checkpoint's)")
-    parser.add_argument("--seq-len", dest="seq_len", type=int, default=128, help="with --hf: tokens per sequence")
-    parser.add_argument("--batch-size", dest="batch_size", type=int, default=8, help="with --hf: sequences per batch")
+    add_hf_arguments(parser, "a Hugging Face Llama directory instead of a run", "held-out tokens")
     parser.add_argument("--step", type=int, default=None, help="the checkpoint step (default: the latest)")
     parser.add_argument("--recipe", action="append", default=[],
                         help="also evaluate with this recipe (a name in lp.recipes or fp4(...)); repeatable")
@@ -106,11 +100,7 @@ def main(argv=None) -> int:
         cfg = restore.read_config(args.run)  # imports the run's config.imports: their recipes resolve below
     except (FileNotFoundError, ConfigError) as e:
         parser.error(str(e))
-    for name in args.recipe:
-        try:
-            recipes.get(name)
-        except ValueError as e:
-            parser.error(f"--recipe: {e}")
+    _check_recipes(parser, args.recipe)
     try:
         run_recipes.check_run(args.run, cfg)
         run = restore.load_run(args.run, args.step)
@@ -127,12 +117,17 @@ def main(argv=None) -> int:
     return 0
 
 
-def _main_hf(parser, args) -> int:
-    for name in args.recipe:
+def _check_recipes(parser, names) -> None:
+    """Each ``--recipe`` resolves (after the run's imports), else a one-line usage error."""
+    for name in names:
         try:
             recipes.get(name)
         except ValueError as e:
             parser.error(f"--recipe: {e}")
+
+
+def _main_hf(parser, args) -> int:
+    _check_recipes(parser, args.recipe)
     try:
         data = data_config(args.hf, args.data, args.tokenizer, args.seq_len, args.batch_size,
                            20 if args.batches is None else args.batches)

@@ -74,6 +74,17 @@ class HFRun:
             "train": {"eval_batches": data.get("eval_batches", 20)}})
 
 
+def add_hf_arguments(parser, hf_help: str, tokens: str) -> None:
+    """``--hf`` and the flags that say which tokens its checkpoint is run on (ptq and evaluate)."""
+    parser.add_argument("--hf", default="", help=hf_help)
+    parser.add_argument("--data", default="", help=f"with --hf: SOURCE[:PATH] of the {tokens}, e.g. "
+                        "'text:notes/*.md' (tokenized with --tokenizer), 'tokens:ids.bin', pypi_v1")
+    parser.add_argument("--tokenizer", default="", help="with --hf --data text:...: a tokenizer.json "
+                        "(default: the checkpoint's)")
+    parser.add_argument("--seq-len", dest="seq_len", type=int, default=128, help="with --hf: tokens per sequence")
+    parser.add_argument("--batch-size", dest="batch_size", type=int, default=8, help="with --hf: sequences per batch")
+
+
 def data_config(hf_path: str, data: str, tokenizer: str = "", seq_len: int = 128, batch_size: int = 8,
                 eval_batches: int = 20) -> ml_collections.ConfigDict:
     """The data block of a Hugging Face checkpoint's evaluation: ``data`` is ``SOURCE[:PATH]``
@@ -249,13 +260,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="", help="configs/ptq.py[:sizes]: every setting of its sweep")
     parser.add_argument("--checkpoint", default="", help="a trained run directory (one setting from the flags)")
-    parser.add_argument("--hf", default="", help="a Hugging Face Llama directory (config.json, safetensors) instead")
-    parser.add_argument("--data", default="", help="with --hf: SOURCE[:PATH] of calibration and held-out tokens, "
-                        "e.g. 'text:notes/*.md' (tokenized with --tokenizer), 'tokens:ids.bin', pypi_v1")
-    parser.add_argument("--tokenizer", default="", help="with --hf --data text:...: a tokenizer.json "
-                        "(default: the checkpoint's)")
-    parser.add_argument("--seq-len", dest="seq_len", type=int, default=128, help="with --hf: tokens per sequence")
-    parser.add_argument("--batch-size", dest="batch_size", type=int, default=8, help="with --hf: sequences per batch")
+    add_hf_arguments(parser, "a Hugging Face Llama directory (config.json, safetensors) instead",
+                     "calibration and held-out tokens")
     parser.add_argument("--export", default="", help="write each weight-only setting's model here as packed codes "
                         "and scales (<name>-<i>.packed.safetensors; layout: docs/ptq.md)")
     parser.add_argument("--weights", default="int4", help="weight format: int8, int4, int4:block(64), nf4, mxfp4, ...")

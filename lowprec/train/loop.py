@@ -275,6 +275,14 @@ def _restore_or_start(p: _Parts):
     return state, start
 
 
+
+def _update_stop(stop: dict, done: int, stop_at: int | None, at_log: bool) -> None:
+    """``stop["signal"]`` after step ``done``: ``stop_at`` reached, or a signal asked for, as every
+    process agrees (``distributed.agree_on_stop``)."""
+    if stop_at is not None and done >= stop_at:
+        stop["signal"] = "stop_at"
+    stop["signal"] = distributed.agree_on_stop(stop.pop("asked", None) or stop["signal"], at_log)
+
 def _steps(p: _Parts, state, start: int, stop: dict, stop_at: int | None, progress: Progress):
     """(state, last metrics) after steps ``start`` to ``train.steps``, or up to a stop (a
     signal, ``stop_at``; agreed by every process at one step). Every ``log_every`` steps the
@@ -299,10 +307,7 @@ def _steps(p: _Parts, state, start: int, stop: dict, stop_at: int | None, progre
             compiled = _compile(p, train_step, state, tokens, start)
         state, m = compiled(state, tokens)
         done = step + 1
-        if stop_at is not None and done >= stop_at:
-            stop["signal"] = "stop_at"
-        stop["signal"] = distributed.agree_on_stop(stop.pop("asked", None) or stop["signal"],
-                                                   done % cfg.train.log_every == 0)
+        _update_stop(stop, done, stop_at, done % cfg.train.log_every == 0)
         if done % cfg.train.log_every == 0 or done == cfg.train.steps:
             m = jax.device_get(m)
             _check_finite(p, state, m, tokens, done, telemetry_fn)
@@ -582,10 +587,7 @@ def _steps_seeds(parts: list[_Parts], state, start: int, stop: dict, stop_at, pr
         tokens = [next(p.batches) for p in parts]
         state, m = train_step(seeds, rest, state, jnp.stack(tokens))
         done = step + 1
-        if stop_at is not None and done >= stop_at:
-            stop["signal"] = "stop_at"
-        stop["signal"] = distributed.agree_on_stop(stop.pop("asked", None) or stop["signal"],
-                                                   done % cfg.train.log_every == 0)
+        _update_stop(stop, done, stop_at, done % cfg.train.log_every == 0)
         if done % cfg.train.log_every == 0 or done == cfg.train.steps:
             m = jax.device_get(m)
             dt = (time.perf_counter() - t_last) / cfg.train.log_every
