@@ -410,7 +410,12 @@ def evaluate(eval_step, params, evals, mesh, bytes_per_token: float = 1.0, froze
         tokens, valid = evals.global_batch(i, mesh)
         s, n = eval_step(params, tokens, jnp.asarray(valid), frozen, amax)
         total, count = total + float(s), count + float(n)
-    loss = total / max(count, 1.0)
+    return _val_record(total, count, bytes_per_token)
+
+
+def _val_record(total: float, count: float, bytes_per_token: float) -> dict:
+    """A validation record from the summed loss over ``count`` sequences."""
+    loss = float(total) / max(float(count), 1.0)
     return {"loss": loss, "perplexity": float(np.exp(min(loss, 50.0))),
             "bits_per_byte": loss / math.log(2) / bytes_per_token}
 
@@ -634,9 +639,4 @@ def _evaluate_seeds(eval_step, seeds, rest, state, evals, mesh, bytes_per_token:
         tokens, valid = evals.global_batch(i, mesh)
         s, n = eval_step(seeds, rest, state.params, tokens, jnp.asarray(valid), state.amax)
         total, count = total + np.asarray(s, np.float64), count + np.asarray(n, np.float64)
-    out = []
-    for t, c in zip(total, count):
-        loss = float(t) / max(float(c), 1.0)
-        out.append({"loss": loss, "perplexity": float(np.exp(min(loss, 50.0))),
-                    "bits_per_byte": loss / math.log(2) / bytes_per_token})
-    return out
+    return [_val_record(t, c, bytes_per_token) for t, c in zip(total, count)]
