@@ -51,7 +51,10 @@ def test_ptq_hf_writes_results_and_a_packed_export_that_loads(model_dir, tmp_pat
     assert row["weights"] == weights and row["method"] == method
     assert np.isfinite(row["loss_before"]) and np.isfinite(row["loss_after"]) and row["loss_after"] != row["loss_before"]
     assert len(row["layers"]) == 7 and all("weight_sqnr_db" in v for v in row["layers"].values())
-    assert row["disk_bytes"] < row["bf16_disk_bytes"] and row["bits_per_weight"] < 8
+    # In-memory bytes are exact counts; on disk this model's few thousand weights are outweighed by
+    # orbax's per-array metadata, whose size varies by machine, so disk is only checked as reported.
+    assert row["memory_bytes"] < row["bf16_memory_bytes"] and row["bits_per_weight"] < 8
+    assert row["disk_bytes"] > 0 and row["bf16_disk_bytes"] > 0
     # The export: the same quantized model again (GPTQ's codes, not re-quantized), then loaded back.
     run = ptq_script.HFRun(str(model_dir / "model"), ptq_script.data_config(
         str(model_dir / "model"), f"text:{model_dir}/text/*.txt", seq_len=32, batch_size=2))
