@@ -224,6 +224,24 @@ def last_train_record(run_path: str) -> dict | None:
     return None
 
 
+def progress_records(run_path: str) -> list[dict | None]:
+    """The newest train record of the run, or of each seed's run for a group of seeds trained in
+    one process (its ``seeds.json`` lists their directories)."""
+    try:
+        with open(os.path.join(run_path, "seeds.json")) as f:
+            dirs = json.load(f)["dirs"]
+    except (OSError, ValueError, KeyError):
+        return [last_train_record(run_path)]
+    return [last_train_record(os.path.join(run_path, d)) for d in dirs]
+
+
+def _progress(run_id: str, records: list[dict | None]) -> str:
+    losses = [r.get("loss") if r else None for r in records]
+    if not records or not all(isinstance(v, (int, float)) for v in losses):
+        return f"{run_id} starting"
+    return f"{run_id} step {records[0]['step']} loss {'/'.join(f'{v:.4g}' for v in losses)}"
+
+
 def _runner_log(run_path: str, text: str) -> None:
     with open(os.path.join(run_path, "runner.log"), "a") as f:
         f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {socket.gethostname()} pid {os.getpid()}: {text}\n")
@@ -250,8 +268,11 @@ class Runner:
     returns the exit code: 1 if any of its runs ended failed (or the runner was stopped)."""
 
     def __init__(self, runs, slot_devices, retry_failed: bool = True, refresh: float = 5.0, env=None,
-                 commit: str | None = None):
+                 commit: str | None = None, start_within: float | None = None):
         self.runs, self.slots = list(runs), list(slot_devices)
+        # No run starts once this many seconds have passed (running ones finish): a time-boxed
+        # allocation ends with whole runs rather than killed ones.
+        self.start_within = start_within
         self.commit = commit  # the code's git commit, written into each run's runner.log when it starts
         self.retry_failed, self.refresh = retry_failed, refresh
         self.env = dict(os.environ if env is None else env)
@@ -259,6 +280,7 @@ class Runner:
         self.outcome: dict[str, str] = {}    # run id -> done / failed / running / claimed elsewhere
         self.stamps: dict[str, tuple | None] = {}  # run id -> STATUS stamp when this runner began
         self._stop = False
+        self.unstarted = 0  # runs left queued by start_within
         self._last_summary = ""
         self.restarts: dict[str, int] = {}   # run id -> starts again after a failed backend start
         self.requeue: list = []              # runs to start again (see START_FAILURES)
@@ -269,9 +291,14 @@ class Runner:
         queue = [r for r in self.runs if not self._settled(r)]
         log.info("%d runs: %d %s, %d to run on %d slot(s)", len(self.runs), len(self.runs) - len(queue),
                  "already done" if self.retry_failed else "already done or failed", len(queue), len(self.slots))
-        last_summary = 0.0
+        last_summary, began, closed = 0.0, time.time(), False
         try:
             while (queue or self.running or self.requeue) and not self._stop:
+                if not closed and self.start_within is not None and time.time() - began >= self.start_within:
+                    closed = True
+                    left = len(queue) + len(self.requeue)
+                    log.info("--start-within %gs passed: %d queued run(s) left for a later pass", self.start_within, left)
+                    queue, self.requeue, self.unstarted = [], [], left
                 self._reap()
                 queue += [r for r, at in self.requeue if time.time() >= at]
                 self.requeue = [(r, at) for r, at in self.requeue if time.time() < at]
@@ -387,10 +414,7 @@ class Runner:
         counts = {k: sum(v == k for v in self.outcome.values()) for k in ("done", "failed")}
         parts = []
         for run, _, _, _ in self.running.values():
-            rec = last_train_record(run.path)
-            loss = rec.get("loss") if rec else None
-            parts.append(f"{run.id} step {rec['step']} loss {loss:.4g}" if isinstance(loss, (int, float))
-                         else f"{run.id} starting")
+            parts.append(_progress(run.id, progress_records(run.path)))
         line = (f"done {counts['done']} | running {len(self.running)} | failed {counts['failed']} | "
                 f"queued {queued}" + (("  ::  " + "; ".join(parts)) if parts else ""))
         if not (final and line == self._last_summary):
@@ -403,7 +427,7 @@ class Runner:
             f"{r.id:{width}s}  {self.outcome.get(r.id, 'not started')}" for r in self.runs]
         print("\n".join(lines), flush=True)
         failed = sum(self.outcome.get(r.id) == "failed" for r in self.runs)
-        return 1 if failed or self._stop else 0
+        return 1 if failed or self._stop or self.unstarted else 0
 
 
 if __name__ == "__main__":

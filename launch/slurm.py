@@ -23,10 +23,13 @@ from launch import sweep
 
 def array_script(spec: str, root: str, n_runs: int, *, partition: str | None = None, account: str | None = None,
                  time: str = "04:00:00", gpus_per_task: int = 1, cpus_per_task: int = 8, setup: str = "",
-                 python: str = "python") -> str:
-    """One run per array task, each task one node's ``gpus_per_task`` GPUs (the run sees them all)."""
+                 python: str = "python", seeds_per_process: int = 1) -> str:
+    """One run per array task, each task one node's ``gpus_per_task`` GPUs (the run sees them all);
+    ``seeds_per_process`` > 1: a run is a group of seeds (``launch.sweep --seeds-per-process``)."""
     command = (f"{python} -m launch.sweep {shlex.quote(spec)} --root {shlex.quote(root)} "
                f"--worker $SLURM_ARRAY_TASK_ID --num-workers {n_runs} --parallel 1")
+    if seeds_per_process > 1:
+        command += f" --seeds-per-process {seeds_per_process}"
     if gpus_per_task > 1:
         command += f" --gpus-per-run {gpus_per_task}"
     lines = _header(root, n_runs, partition, account, time) + [
@@ -99,10 +102,14 @@ def main(argv=None) -> int:
     p.add_argument("--cpus-per-task", type=int, default=None, help="default: 8, or 32 per node of a multi-node run")
     p.add_argument("--setup", default="", help="a shell line run first, e.g. 'source .venv/bin/activate'")
     p.add_argument("--python", default="python", help="the interpreter on the compute nodes")
+    p.add_argument("--seeds-per-process", type=int, default=1,
+                   help="one array task trains up to N seeds of a setting (one-node runs only)")
     args = p.parse_args(argv)
     if args.nodes_per_run < 1:
         p.error(f"--nodes-per-run must be >= 1; got {args.nodes_per_run}")
-    runs = sweep.expand(args.spec, args.root)
+    if args.seeds_per_process > 1 and args.nodes_per_run > 1:
+        p.error("--seeds-per-process trains on one device of one process; it needs --nodes-per-run 1")
+    runs = sweep.expand(args.spec, args.root, args.seeds_per_process)
     os.makedirs(args.root, exist_ok=True)  # where SLURM writes the tasks' logs
     common = dict(partition=args.partition, account=args.account, time=args.time, setup=args.setup,
                   python=args.python)
@@ -111,7 +118,8 @@ def main(argv=None) -> int:
                                 cpus_per_task=args.cpus_per_task or 32, **common)
     else:
         text = array_script(args.spec, args.root, len(runs), gpus_per_task=args.gpus_per_task,
-                            cpus_per_task=args.cpus_per_task or 8, **common)
+                            cpus_per_task=args.cpus_per_task or 8, seeds_per_process=args.seeds_per_process,
+                            **common)
     sys.stdout.write(text)
     print(f"{len(runs)} runs, {args.nodes_per_run} node(s) each; submit with: sbatch <this script>", file=sys.stderr)
     return 0

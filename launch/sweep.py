@@ -9,11 +9,16 @@ override dicts built with the helpers here::
 
     python -m launch.sweep configs/precision.py --root runs/precision --dry-run
     python -m launch.sweep configs/precision.py --root runs/precision --parallel 4
+    python -m launch.sweep configs/precision.py --root runs/precision --seeds-per-process 2
 
 Each run is ``<root>/<readable name>-<hash8>`` (the hash is of the fully resolved config), so a
 re-run finds its runs again: done ones are skipped, interrupted or failed ones resume from their
 checkpoints. Any number of runners (processes, SLURM array tasks, machines on one filesystem)
 may share a sweep; each run is claimed atomically (see ``launch.runner``).
+
+``--seeds-per-process N`` trains runs that differ only in ``seed`` (consecutive seeds) N to a
+process (``train.seeds_per_process``): one directory ``<readable name>_seeds-<a>-<b>-<hash8>`` per
+group, holding each seed's run directory (``seed-<s>``); the report reads them as separate runs.
 """
 
 from __future__ import annotations
@@ -93,6 +98,7 @@ class Run:
     config: ml_collections.ConfigDict
     command: list[str]
     path: str
+    seeds: list[int] | None = None  # a group of seeds trained in one process (their run dirs inside)
 
 
 def load_sweep(spec: str):
@@ -163,23 +169,71 @@ def train_command(spec: str, workdir: str, overrides: dict) -> list[str]:
         f"--config.{path}={_cli_value(v)}" for path, v in overrides.items()]
 
 
-def expand(spec: str, root: str = "runs/sweep") -> list[Run]:
-    """The runs of ``spec``'s ``get_sweep(arg)`` (one run of ``get_config(arg)`` without one)."""
+def expand(spec: str, root: str = "runs/sweep", seeds_per_process: int = 1) -> list[Run]:
+    """The runs of ``spec``'s ``get_sweep(arg)`` (one run of ``get_config(arg)`` without one);
+    ``seeds_per_process`` > 1 groups seeds as ``group_seeds`` does."""
     module, arg = load_sweep(spec)
     base = module.get_config(arg)
     sweep = module.get_sweep(arg) if hasattr(module, "get_sweep") else [{}]
-    runs, seen = [], {}
     for overrides in sweep:
         if not isinstance(overrides, dict):
             raise TypeError(f"get_sweep must return a list of dicts; got an item {overrides!r}")
-        cfg = apply_overrides(base, overrides)
-        run_id = f"{readable_name(overrides)}-{config_hash(cfg)}"
+    runs, seen = [], {}
+    for overrides, seeds in group_seeds(sweep, seeds_per_process, base.get("seed", 0)):
+        settings = dict(overrides)
+        if seeds:
+            settings.update({"seed": seeds[0], SEEDS_FIELD: len(seeds)})
+        cfg = apply_overrides(base, settings)
+        name = readable_name(overrides) if not seeds else \
+            readable_name({**{k: v for k, v in overrides.items() if k != "seed"}, "seeds": f"{seeds[0]}-{seeds[-1]}"})
+        run_id = f"{name}-{config_hash(cfg)}"
         if run_id in seen:
             raise ValueError(f"two sweep entries give the same config ({seen[run_id]} and {overrides})")
         seen[run_id] = overrides
         path = os.path.join(root, run_id)
-        runs.append(Run(run_id, dict(overrides), cfg, train_command(spec, path, overrides), path))
+        runs.append(Run(run_id, dict(overrides), cfg, train_command(spec, path, settings), path, seeds))
     return runs
+
+
+SEEDS_FIELD = "train.seeds_per_process"
+
+
+def group_seeds(sweep: list[dict], n: int, base_seed: int = 0) -> list[tuple[dict, list[int] | None]]:
+    """``(overrides, seeds)`` per process: with ``n`` > 1, entries equal but for ``seed`` (the base
+    config's where unset) are joined into groups of up to ``n`` consecutive seeds, in order of
+    first appearance (``overrides`` then sets the group's first seed; ``seeds`` lists them); an
+    entry left alone keeps its overrides and ``seeds`` None."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"--seeds-per-process must be an integer >= 1; got {n!r}")
+    if n == 1:
+        return [(o, None) for o in sweep]
+    if any(SEEDS_FIELD in o for o in sweep):
+        raise ValueError(f"--seeds-per-process {n}: the sweep sets {SEEDS_FIELD} itself; use one or the other")
+    families: dict[str, tuple[dict, list]] = {}
+    for o in sweep:
+        rest = {k: v for k, v in o.items() if k != "seed"}
+        key = json.dumps(rest, sort_keys=True, default=str)
+        families.setdefault(key, (o, []))[1].append(o.get("seed", base_seed))
+    out = []
+    for first, family in families.values():
+        rest = {k: v for k, v in first.items() if k != "seed"}
+        for chunk in _consecutive_chunks(family, n):
+            if len(chunk) == 1:
+                out.append(({**rest, "seed": chunk[0]} if "seed" in first else dict(first), None))
+            else:
+                out.append(({**rest, "seed": chunk[0]}, chunk))
+    return out
+
+
+def _consecutive_chunks(seeds: list[int], n: int) -> list[list[int]]:
+    """``seeds`` (sorted, duplicates kept apart) in runs of consecutive integers of at most ``n``."""
+    chunks: list[list[int]] = []
+    for s in sorted(seeds):
+        if chunks and len(chunks[-1]) < n and isinstance(s, int) and s == chunks[-1][-1] + 1:
+            chunks[-1].append(s)
+        else:
+            chunks.append([s])
+    return chunks
 
 
 def varying_axes(runs: list) -> list[str]:
@@ -217,7 +271,8 @@ def write_manifest(root: str, spec: str, runs: list[Run]) -> str:
     """Writes (atomically) ``<root>/manifest.json``; runs of an earlier manifest are kept."""
     os.makedirs(root, exist_ok=True)
     path = os.path.join(root, MANIFEST)
-    entries = {r.id: {"id": r.id, "overrides": r.overrides, "command": r.command} for r in runs}
+    entries = {r.id: {"id": r.id, "overrides": r.overrides, "command": r.command,
+                      **({"seeds": r.seeds} if r.seeds else {})} for r in runs}
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     specs = [spec]
     if os.path.exists(path):
@@ -256,6 +311,10 @@ def parser() -> argparse.ArgumentParser:
                    help="GPU indices for the slots, e.g. 0,1,2,3 (repeat one to share it: 0,0,1,1); "
                         "default: $CUDA_VISIBLE_DEVICES, else the GPUs nvidia-smi lists")
     p.add_argument("--gpus-per-run", type=int, default=1, help="GPUs each run sees (consecutive devices)")
+    p.add_argument("--seeds-per-process", type=int, default=1,
+                   help="train runs that differ only in seed N to a process (train.seeds_per_process)")
+    p.add_argument("--start-within", type=float, default=None, metavar="SECONDS",
+                   help="start no run after this many seconds (running runs finish; a re-run takes the rest)")
     p.add_argument("--only", default=None, help="regex: only runs whose id matches")
     p.add_argument("--max-runs", type=int, default=None, help="at most this many runs (after --only)")
     p.add_argument("--worker", type=int, default=0, help="this runner takes runs with index %% num_workers == worker")
@@ -299,7 +358,7 @@ def main(argv=None) -> int:
 
 
 def _main(args) -> int:
-    runs = expand(args.spec, args.root)
+    runs = expand(args.spec, args.root, args.seeds_per_process)
     mine = select(runs, args.only, args.max_runs, args.worker, args.num_workers)
     if args.dry_run:
         print(f"{len(mine)} of {len(runs)} runs of {args.spec} under {args.root}:")
@@ -310,7 +369,8 @@ def _main(args) -> int:
 
     write_manifest(args.root, args.spec, runs)
     slots = runner.slots(args.parallel, args.devices, args.gpus_per_run)
-    return runner.Runner(mine, slots, retry_failed=args.retry_failed, refresh=args.refresh, commit=git_commit()).run()
+    return runner.Runner(mine, slots, retry_failed=args.retry_failed, refresh=args.refresh,
+                         commit=git_commit(), start_within=args.start_within).run()
 
 
 if __name__ == "__main__":

@@ -11,10 +11,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 # Default: two runs that train and one whose mesh asks for 3 devices where there is one (the
 # trainer fails at once, STATUS failed with the reason). "bad": four such failing runs.
-# "types": overrides of several field types.
+# "types": overrides of several field types. "seeds": seeds of one setting, for grouping.
 SWEEP_FILE = textwrap.dedent("""
     from configs import lm
-    from launch.sweep import axis, product, zip_axes
+    from launch.sweep import axis, product, seeds, zip_axes
 
     def get_config(arg=None):
         c = lm.get_config("smoke")
@@ -26,6 +26,8 @@ SWEEP_FILE = textwrap.dedent("""
     def get_sweep(arg=None):
         if arg == "bad":
             return axis("mesh.data", [3, 5, 6, 7])
+        if arg == "seeds":  # bf16 with seeds 0, 1, 2; none with seed 5 alone
+            return product(axis("recipe", ["bf16"]), seeds(3)) + [{"recipe": "none", "seed": 5}]
         if arg == "types":
             return product(zip_axes(axis("optim.lr", [1e-3, 2.5e-20]),
                                     axis("recipe_rules", [(("lm_head", "bf16"), ("mlp.*", "fp8")), ()])),

@@ -207,3 +207,46 @@ def test_last_train_record(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"step": 6, "spl')  # a line being written
     assert runner.last_train_record(str(tmp_path)) == records[2]
     assert runner.last_train_record(str(tmp_path / "missing")) is None
+
+
+def test_progress_of_a_seed_group_shows_each_seed(tmp_path):
+    group = tmp_path / "group"
+    for name, loss in (("seed-0", 3.5), ("seed-1", 3.25)):
+        (group / name).mkdir(parents=True)
+        (group / name / "metrics.jsonl").write_text(json.dumps({"step": 8, "split": "train", "loss": loss}) + "\n")
+    (group / "seeds.json").write_text(json.dumps({"seeds": [0, 1], "dirs": ["seed-0", "seed-1"]}))
+    assert runner._progress("g", runner.progress_records(str(group))) == "g step 8 loss 3.5/3.25"
+    (group / "seed-1" / "metrics.jsonl").unlink()  # one seed has no record yet
+    assert runner._progress("g", runner.progress_records(str(group))) == "g starting"
+    assert runner.progress_records(str(group / "seed-0")) == [{"step": 8, "split": "train", "loss": 3.5}]
+
+
+def test_start_within_leaves_later_runs_queued(tmp_path, in_repo, capsys):
+    code = "import os, sys, time; time.sleep(1.5); open(os.path.join(sys.argv[1], 'STATUS'), 'w').write('done\\n')"
+    runs = [_script_run(tmp_path, f"r{i}", code) for i in range(3)]
+    for r in runs:
+        os.makedirs(r.path)
+    assert runner.Runner(runs, [None], refresh=0.5, start_within=0.5).run() == 1  # the sweep is unfinished
+    assert [RunDir(r.path).status()[0] for r in runs] == ["done", None, None]  # the running one finished
+    out = capsys.readouterr().out
+    assert [line.split(maxsplit=1) for line in out.splitlines()[-3:]] == \
+        [["r0", "done"], ["r1", "not started"], ["r2", "not started"]]
+    assert runner.Runner(runs, [None, None], refresh=0.5).run() == 0  # a later pass takes the rest
+
+
+def test_a_sweep_of_seed_groups_trains_and_reads_back_as_runs(spec, tmp_path, launch):
+    from experiments.reporting import load
+
+    root = str(tmp_path / "groups")
+    rc, out = launch(spec + ":seeds", root, "--parallel", "2", "--seeds-per-process", "2")
+    assert rc == 0, out
+    group, alone, _ = sweep.expand(spec + ":seeds", root, seeds_per_process=2)
+    assert json.load(open(os.path.join(group.path, "seeds.json")))["seeds"] == [0, 1]
+    assert RunDir(group.path).status()[0] == "done"
+    swept = load.load(root)
+    assert [(r.id, r.value("seed"), r.status) for r in swept.runs] == [
+        (f"{group.id}/seed-0", 0, "done"), (f"{group.id}/seed-1", 1, "done"), (alone.id, 2, "done"),
+        (swept.runs[3].id, 5, "done")]
+    assert "seed" in swept.axes and all(r.val and r.val[-1]["step"] == 4 for r in swept.runs)
+    # The group's seeds trained as they would alone: seed 0 in the group is the grouped config's seed.
+    assert [json.load(open(os.path.join(group.path, d, "config.json")))["seed"] for d in ("seed-0", "seed-1")] == [0, 1]

@@ -138,3 +138,42 @@ def test_manifest_names_every_sweep_config_of_its_root(spec, tmp_path):
     manifest = sweep.read_manifest(root)
     assert manifest["config"] == f"{spec} + configs/other.py:lr"
     assert [r["id"] for r in manifest["runs"]] == [r.id for r in runs]
+
+
+def test_seeds_per_process_groups_consecutive_seeds_of_one_setting(spec, tmp_path):
+    root = str(tmp_path / "root")
+    single = sweep.expand(spec + ":seeds", root)
+    assert [r.seeds for r in single] == [None] * 4
+    runs = sweep.expand(spec + ":seeds", root, seeds_per_process=2)
+    assert [r.seeds for r in runs] == [[0, 1], None, None]  # bf16 0-1 together; bf16 2 and none 5 alone
+    group, rest, lone = runs
+    assert group.id.startswith("recipe-bf16_seeds-0-1-") and group.overrides == {"recipe": "bf16", "seed": 0}
+    assert (group.config.seed, group.config.train.seeds_per_process) == (0, 2)
+    assert group.command[-2:] == ["--config.seed=0", "--config.train.seeds_per_process=2"]
+    # A chunk of one seed is the run it would be without grouping: same id, config and command.
+    assert (rest.id, rest.command) == (single[2].id, single[2].command)
+    assert (lone.id, lone.command) == (single[3].id, single[3].command)
+    assert [r.seeds for r in sweep.expand(spec + ":seeds", root, seeds_per_process=3)] == [[0, 1, 2], None]
+    sweep.write_manifest(root, spec, runs)
+    manifest = sweep.read_manifest(root)
+    assert [m.get("seeds") for m in manifest["runs"]] == [[0, 1], None, None]
+
+
+def test_seed_groups_take_consecutive_seeds_and_refuse_bad_input():
+    family = [{"recipe": "a", "seed": s} for s in (4, 0, 1, 3, 7)]
+    groups = sweep.group_seeds(family + [{"recipe": "b"}], 2, base_seed=9)
+    assert groups == [({"recipe": "a", "seed": 0}, [0, 1]), ({"recipe": "a", "seed": 3}, [3, 4]),
+                      ({"recipe": "a", "seed": 7}, None), ({"recipe": "b"}, None)]
+    # Entries without a seed share the base config's seed; two of them are one config twice.
+    assert sweep.group_seeds([{"x": 1}, {"x": 1, "seed": 10}], 2, base_seed=9) == [({"x": 1, "seed": 9}, [9, 10])]
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="--seeds-per-process must be an integer >= 1"):
+            sweep.group_seeds(family, bad)
+    with pytest.raises(ValueError, match="sets train.seeds_per_process itself"):
+        sweep.group_seeds([{"seed": 0, sweep.SEEDS_FIELD: 2}], 2)
+
+
+def test_dry_run_shows_seed_groups(spec, tmp_path, capsys):
+    assert sweep.main([spec + ":seeds", "--root", str(tmp_path), "--dry-run", "--seeds-per-process", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("3 of 3 runs") and "_seeds-0-1-" in out and "--config.train.seeds_per_process=2" in out
