@@ -82,6 +82,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     del arg  # the sub-sweep only selects runs
     c = precision.get_config()
     c.data.source = SOURCE
+    # GPU time: no telemetry passes (a group of seeds compiles one per seed) and one checkpoint, at
+    # the end; validation every 250 steps as in v1.
+    c.train.telemetry_every = 0
+    c.train.checkpoint_every = precision.STEPS
     return c
 
 
