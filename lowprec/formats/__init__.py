@@ -5,7 +5,7 @@
     q = f.quantize(x, rounding="stochastic", key=key)
 """
 
-from lowprec.formats._bits import ROUNDING_MODES
+from lowprec.formats.rounding import ROUNDING_MODES
 from lowprec.formats.base import OVERFLOW_POLICIES, Format
 from lowprec.formats.codebook import NF4_VALUES, PRIMER_LUT4_VALUES, Codebook
 from lowprec.formats.floats import SPECIALS, FloatFormat
