@@ -23,7 +23,6 @@ NEAREST = ("nearest_even", "nearest_away", "nearest_up", "nearest_zero")
 
 _U32 = jnp.uint32
 _I32 = jnp.int32
-SIGN_MASK = 0x80000000
 MAG_MASK = 0x7FFFFFFF
 EXP_INF = 0x7F800000
 MAX_RANDOM_BITS = 31
