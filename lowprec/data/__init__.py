@@ -12,21 +12,15 @@ On a machine without network, copy a prepared corpus directory
 
 from lowprec.data.batches import Batches, EvalBatches, Windows
 from lowprec.data.build import CorpusBuildError
-from lowprec.data.corpus import DEFAULT_VAL_FRACTION, Corpus, Document, Split
-from lowprec.data.pinned import DEFAULT as DEFAULT_CORPUS
-from lowprec.data.pinned import CorpusNotFoundError, PinnedCorpus
-from lowprec.data.pinned import get as pinned_corpus
-from lowprec.data.pinned import names as corpus_names
-from lowprec.data.fetch import FetchError
-from lowprec.data.sharding import DATA_AXES, batch_sharding, global_batch
+from lowprec.data.corpus import Corpus, Document, Split
+from lowprec.data.pinned import CorpusNotFoundError
+from lowprec.data.sharding import batch_sharding, global_batch
 from lowprec.data.sources import load, register_source, source_names
 from lowprec.data.store import read_tokens, write_tokens
-from lowprec.data.tokenizer import ByteTokenizer, Tokenizer
+from lowprec.data.tokenizer import ByteTokenizer
 
 __all__ = [
-    "Batches", "EvalBatches", "Windows", "CorpusBuildError", "DEFAULT_VAL_FRACTION", "Corpus",
-    "Document", "Split", "CorpusNotFoundError", "PinnedCorpus", "pinned_corpus", "corpus_names", "DEFAULT_CORPUS",
-    "FetchError",
-    "DATA_AXES", "batch_sharding", "global_batch", "load", "register_source", "source_names",
-    "read_tokens", "write_tokens", "ByteTokenizer", "Tokenizer",
+    "Batches", "ByteTokenizer", "Corpus", "CorpusBuildError", "CorpusNotFoundError", "Document", "EvalBatches",
+    "Split", "Windows", "batch_sharding", "global_batch", "load", "read_tokens", "register_source",
+    "source_names", "write_tokens",
 ]

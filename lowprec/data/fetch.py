@@ -90,11 +90,6 @@ def locations() -> list[str]:
     return [u for u in index.split()[:1] + extra] + links
 
 
-def index_url() -> str:
-    """The main index pip would use."""
-    return locations()[0]
-
-
 def _fetch_from(where: str, package: str, filename: str) -> bytes | None:
     """The file's bytes from one index or find-links location; None where it is not listed."""
     if where.startswith("find-links:"):

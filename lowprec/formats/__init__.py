@@ -5,15 +5,15 @@
     q = f.quantize(x, rounding="stochastic", key=key)
 """
 
-from lowprec.formats._bits import ROUNDING_MODES
+from lowprec.formats.rounding import ROUNDING_MODES
 from lowprec.formats.base import OVERFLOW_POLICIES, Format
 from lowprec.formats.codebook import NF4_VALUES, PRIMER_LUT4_VALUES, Codebook
-from lowprec.formats.floats import SPECIALS, FloatFormat
+from lowprec.formats.floats import FloatFormat
 from lowprec.formats.ints import IntFormat
 from lowprec.formats.packing import pack, unpack
 from lowprec.formats.registry import get, names, register
 
 __all__ = [
     "Codebook", "FloatFormat", "Format", "IntFormat", "NF4_VALUES", "OVERFLOW_POLICIES",
-    "PRIMER_LUT4_VALUES", "ROUNDING_MODES", "SPECIALS", "get", "names", "pack", "register", "unpack",
+    "PRIMER_LUT4_VALUES", "ROUNDING_MODES", "get", "names", "pack", "register", "unpack",
 ]

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lowprec.formats import _bits
+from lowprec.formats import rounding as rnd
 
 OVERFLOW_POLICIES = ("saturate", "ieee")
 
@@ -70,16 +70,16 @@ class Format(abc.ABC):
         limits the random bits compared with the dropped bits (hardware uses few).
         """
         x = jnp.asarray(x)
-        _bits.check_rounding(rounding, key, random_bits)
+        rnd.check_rounding(rounding, key, random_bits)
         if overflow not in OVERFLOW_POLICIES:
             raise ValueError(f"unknown overflow {overflow!r}; known: {', '.join(OVERFLOW_POLICIES)}")
-        x32 = _bits.to_f32(x)
-        rand = _bits.random_bits_like(key, x.shape) if rounding == "stochastic" else None
+        x32 = rnd.to_f32(x)
+        rand = rnd.random_bits_like(key, x.shape) if rounding == "stochastic" else None
         return self._quantize_f32(x32, rounding, rand, random_bits, overflow).astype(x.dtype)
 
     def encode(self, x) -> jax.Array:
         """Integer codes of ``x`` rounded to nearest (saturating): uint8 up to 8 bits."""
-        q = self._quantize_f32(_bits.to_f32(jnp.asarray(x)), "nearest_even", None, None, "saturate")
+        q = self._quantize_f32(rnd.to_f32(jnp.asarray(x)), "nearest_even", None, None, "saturate")
         return self._encode_f32(q).astype(self.code_dtype)
 
     def decode(self, codes, dtype=jnp.float32) -> jax.Array:
@@ -99,7 +99,7 @@ class Format(abc.ABC):
 
     def neighbors(self, x) -> tuple[jax.Array, jax.Array]:
         """The grid points just below and above fp32 ``x`` (equal when ``x`` is on the grid)."""
-        x32 = _bits.to_f32(jnp.asarray(x))
+        x32 = rnd.to_f32(jnp.asarray(x))
         lo = self._quantize_f32(x32, "down", None, None, "saturate")
         hi = self._quantize_f32(x32, "up", None, None, "saturate")
         return lo, hi

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from lowprec.formats import _bits
+from lowprec.formats import rounding as rnd
 from lowprec.formats.base import Format
 
 # QLoRA's NormalFloat4 (Dettmers et al. 2023, appendix E).
@@ -87,7 +87,7 @@ class Codebook(Format):
         i_lo = i_hi - 1
         lo, hi = vals[i_lo], vals[i_hi]
         positive = (lax.bitcast_convert_type(x, jnp.uint32) >> 31) == 0  # +0 too: keeps odd symmetry
-        if rounding in _bits.NEAREST:
+        if rounding in rnd.NEAREST:
             m = km[i_lo]
             tie = mid_exact[i_lo] & (kx == m)
             tie_hi = {"nearest_even": i_hi % 2 == 0, "nearest_away": positive, "nearest_up": True,

@@ -6,8 +6,9 @@ import dataclasses
 
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
-from lowprec.formats import _bits
+from lowprec.formats import rounding as rnd
 from lowprec.formats.base import Format
 
 SPECIALS = ("ieee", "fn", "fnuz", "none")
@@ -154,11 +155,11 @@ class FloatFormat(Format):
         smallest step, so they round to zero either way. Bit-identical to ``_quantize_bits``
         (tested on every bf16 and fp16 pattern); several times cheaper, and it fuses well."""
         a = jnp.abs(x)
-        e = (_bits.lax.bitcast_convert_type(a, jnp.uint32) >> 23).astype(jnp.int32) - 127
+        e = (lax.bitcast_convert_type(a, jnp.uint32) >> 23).astype(jnp.int32) - 127
         e = jnp.clip(e, self.emin, self.emax) - self.man_bits
-        inv = _bits.lax.bitcast_convert_type(((127 - e) << 23).astype(jnp.uint32), jnp.float32)
-        step = _bits.lax.bitcast_convert_type(((127 + e) << 23).astype(jnp.uint32), jnp.float32)
-        k = _bits.round_half(a * inv, rounding)
+        inv = lax.bitcast_convert_type(((127 - e) << 23).astype(jnp.uint32), jnp.float32)
+        step = lax.bitcast_convert_type(((127 + e) << 23).astype(jnp.uint32), jnp.float32)
+        k = rnd.round_half(a * inv, rounding)
         q = k * step
         q = jnp.where(q > self.max, self._overflow_value(overflow), q)
         out = jnp.where(jnp.signbit(x), -q, q)
@@ -168,15 +169,15 @@ class FloatFormat(Format):
 
     def _quantize_bits(self, x, rounding, rand, random_bits, overflow):
         """The exact integer path: any rounding mode, any format shape."""
-        sign, sig, ulp_exp, flog2, is_nan, is_inf, is_zero = _bits.split(x)
+        sign, sig, ulp_exp, flog2, is_nan, is_inf, is_zero = rnd.split(x)
         m = self.man_bits
         below = flog2 < self.emin
         qe = jnp.where(below, self.min_step_exp, flog2 - m)
         shift = qe - ulp_exp
-        rs = _bits.round_sig(sig, shift, sign, rounding, rand, random_bits)
+        rs = rnd.round_sig(sig, shift, sign, rounding, rand, random_bits)
         out_qe = jnp.where(shift > 0, qe, ulp_exp)
-        mag = _bits.join(jnp.zeros_like(sign), rs, out_qe)
-        mag_bits = _bits.lax.bitcast_convert_type(mag, jnp.uint32)
+        mag = rnd.join(jnp.zeros_like(sign), rs, out_qe)
+        mag_bits = lax.bitcast_convert_type(mag, jnp.uint32)
         max_bits = jnp.uint32(np.float32(self.max).view(np.uint32))
         over = (mag_bits > max_bits) | is_inf
         if not self.zero:  # no zero: everything below the smallest value rounds onto it
@@ -205,13 +206,13 @@ class FloatFormat(Format):
         return self.max
 
     def _encode_f32(self, q):
-        sign, sig, ulp_exp, flog2, is_nan, is_inf, is_zero = _bits.split(q)
+        sign, sig, ulp_exp, flog2, is_nan, is_inf, is_zero = rnd.split(q)
         m = self.man_bits
         top = flog2 - ulp_exp  # position of sig's leading bit
         normal = (flog2 >= self.emin) & ~is_zero
         e_field = jnp.where(normal, flog2 + self.bias, 0).astype(jnp.uint32)
-        man_normal = _bits.shift(sig ^ _bits._shl(jnp.uint32(1), top), m - top)
-        man_sub = _bits.shift(sig, ulp_exp - (self.emin - m))
+        man_normal = rnd.shift(sig ^ rnd.shl(jnp.uint32(1), top), m - top)
+        man_sub = rnd.shift(sig, ulp_exp - (self.emin - m))
         man = jnp.where(normal, man_normal, man_sub) & (2 ** m - 1)
         code = e_field << m | man
         if self.signed:
@@ -237,7 +238,7 @@ class FloatFormat(Format):
         sub = (e_field == 0) & self.zero
         rs = jnp.where(sub, man if self.subnormals else 0, man | (1 << m))  # flushed: read as 0
         qe = jnp.where(sub, self.emin, e_field.astype(jnp.int32) - self.bias) - m
-        out = _bits.join(sign, rs, qe)
+        out = rnd.join(sign, rs, qe)
         nan = jnp.zeros(codes.shape, bool)
         top = e_field == 2 ** self.exp_bits - 1
         if self.specials == "ieee":

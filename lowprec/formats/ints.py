@@ -7,7 +7,7 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
-from lowprec.formats import _bits
+from lowprec.formats import rounding as rnd
 from lowprec.formats.base import Format
 from lowprec.formats.floats import _check_int
 
@@ -76,18 +76,18 @@ class IntFormat(Format):
         """Clip to the (integer) range first, then round: every value is below 2**23, so the
         scaling by 2**frac_bits and the rounding are exact. Bit-identical to the integer path."""
         k = jnp.clip(x * 2.0 ** self.frac_bits, self._kmin, self._kmax)
-        k = jnp.sign(k) * _bits.round_half(jnp.abs(k), rounding)
+        k = jnp.sign(k) * rnd.round_half(jnp.abs(k), rounding)
         out = k * 2.0 ** -self.frac_bits
         out = jnp.where(out == 0, 0.0, out) if self.signed else jnp.abs(out)
         return jnp.where(jnp.isnan(x), x, out)
 
     def _quantize_bits(self, x, rounding, rand, random_bits):
         """The exact integer path: any rounding mode."""
-        sign, sig, ulp_exp, _, is_nan, _, _ = _bits.split(x)
+        sign, sig, ulp_exp, _, is_nan, _, _ = rnd.split(x)
         shift = -self.frac_bits - ulp_exp
-        rs = _bits.round_sig(sig, shift, sign, rounding, rand, random_bits)
+        rs = rnd.round_sig(sig, shift, sign, rounding, rand, random_bits)
         # Values beyond 2**24 are integers already (shift <= 0) and saturate below.
-        out = _bits.join(sign, rs, jnp.where(shift > 0, -self.frac_bits, ulp_exp))
+        out = rnd.join(sign, rs, jnp.where(shift > 0, -self.frac_bits, ulp_exp))
         out = jnp.clip(out, self.min, self.max)
         if self.signed:
             out = jnp.where(out == 0, 0.0, out)  # integers have no negative zero

@@ -11,11 +11,9 @@ from lowprec.optim.find import find_state
 from lowprec.optim.loss_scale import LossScaleState, loss_scaling, scale_loss
 from lowprec.optim.lowp_state import QuantizedState, quantized_state, state_nbytes
 from lowprec.optim.master import MasterWeightsState, master_params, master_weights
-from lowprec.optim.policy import LOSS_SCALES, PRESETS, Policy, get_policy
-from lowprec.optim.storage import STORAGE_DTYPES
+from lowprec.optim.policy import PRESETS, Policy, get_policy
 
 __all__ = [
-    "LOSS_SCALES", "LossScaleState", "MasterWeightsState", "PRESETS", "Policy", "QuantizedState",
-    "STORAGE_DTYPES", "find_state", "get_policy", "loss_scaling", "master_params", "master_weights",
-    "quantized_state", "scale_loss", "state_nbytes",
+    "LossScaleState", "MasterWeightsState", "PRESETS", "Policy", "QuantizedState", "find_state", "get_policy",
+    "loss_scaling", "master_params", "master_weights", "quantized_state", "scale_loss", "state_nbytes",
 ]

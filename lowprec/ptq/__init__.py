@@ -18,14 +18,14 @@ quant and data; nothing below imports it).
 
 from lowprec.ptq.apply import METHODS, Spec, layer_errors, quantize_model
 from lowprec.ptq.calibration import activation_quantizer, clip_values
-from lowprec.ptq.capture import InputStats, collect
+from lowprec.ptq.capture import collect
 from lowprec.ptq.evaluate import loss
 from lowprec.ptq.gptq import gptq, inverse_hessian_factor
 from lowprec.ptq.modules import QuantizedInput
 from lowprec.ptq.storage import disk_bytes, load, memory_bytes, save
 
 __all__ = [
-    "METHODS", "InputStats", "QuantizedInput", "Spec", "activation_quantizer", "clip_values", "collect",
+    "METHODS", "QuantizedInput", "Spec", "activation_quantizer", "clip_values", "collect",
     "disk_bytes", "gptq", "inverse_hessian_factor", "layer_errors", "load", "loss", "memory_bytes",
     "quantize_model", "save",
 ]

@@ -2,18 +2,17 @@
 
 from lowprec.quant import occ, presets
 from lowprec.quant.estimators import (
-    CLIPPED_STE, DGE, STE, Estimator, clipped_ste_derivative, dge, dge_derivative, get_estimator,
-    register_estimator,
+    CLIPPED_STE, DGE, STE, Estimator, dge, dge_derivative, get_estimator, register_estimator,
 )
 from lowprec.quant.granularity import Granularity
 from lowprec.quant.occ import OCC
 from lowprec.quant.occ import clamp as clamp_outliers
 from lowprec.quant.qtensor import QTensor
 from lowprec.quant.quantizer import Quantizer, update_amax_history
-from lowprec.quant.scaling import SCALE_RULES, amax, scale_from_amax
+from lowprec.quant.scaling import SCALE_RULES, scale_from_amax
 
 __all__ = [
     "CLIPPED_STE", "DGE", "Estimator", "Granularity", "OCC", "QTensor", "Quantizer", "SCALE_RULES", "STE",
-    "amax", "clamp_outliers", "clipped_ste_derivative", "dge", "dge_derivative", "get_estimator", "occ",
-    "presets", "register_estimator", "scale_from_amax", "update_amax_history",
+    "clamp_outliers", "dge", "dge_derivative", "get_estimator", "occ", "presets", "register_estimator",
+    "scale_from_amax", "update_amax_history",
 ]

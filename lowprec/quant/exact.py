@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from lowprec.formats import _bits
+from lowprec.formats import rounding as rnd
 
 _U32, _I32 = jnp.uint32, jnp.int32
 MIN_NORMAL = 2.0 ** -126
@@ -51,10 +51,10 @@ def is_zero(x) -> jax.Array:
 def _fields(x):
     """(sign bit, normalized significand N in [2**23, 2**24) as uint32, floor(log2|x|), is_zero,
     is_finite) of fp32 ``x`` from its bits (subnormals included)."""
-    sign, sig, ulp_exp, flog2, is_nan, is_inf, _ = _bits.split(x)
+    sign, sig, ulp_exp, flog2, is_nan, is_inf, _ = rnd.split(x)
     zero = is_zero(x)  # not split's: see is_zero
     top = flog2 - ulp_exp  # position of the leading bit of sig
-    n = _bits.shift(sig, 23 - top)
+    n = rnd.shift(sig, 23 - top)
     return sign, n, flog2, zero, ~(is_nan | is_inf)
 
 
@@ -81,8 +81,8 @@ def _product48(x, y):
 
 def _shifted48(a, sh):
     """a * 2**sh for uint32 a < 2**25 and int32 sh in [0, 48], as (hi, lo) with lo < 2**24."""
-    hi = _bits.shift(a, sh - 24)
-    lo = jnp.where(sh >= 24, _U32(0), _bits.shift(a, sh) & 0xFFFFFF)
+    hi = rnd.shift(a, sh - 24)
+    lo = jnp.where(sh >= 24, _U32(0), rnd.shift(a, sh) & 0xFFFFFF)
     return hi, lo
 
 

@@ -23,7 +23,6 @@ NEAREST = ("nearest_even", "nearest_away", "nearest_up", "nearest_zero")
 
 _U32 = jnp.uint32
 _I32 = jnp.int32
-SIGN_MASK = 0x80000000
 MAG_MASK = 0x7FFFFFFF
 EXP_INF = 0x7F800000
 MAX_RANDOM_BITS = 31
@@ -74,24 +73,24 @@ def ilog2(v):
     return jnp.where(v == 0, -1, e)
 
 
-def _shl(v, n):
+def shl(v, n):
     return v << jnp.clip(n, 0, 31).astype(_U32)
 
 
-def _shr(v, n):
+def shr(v, n):
     return v >> jnp.clip(n, 0, 31).astype(_U32)
 
 
 def shift(v, n):
     """``v * 2**n`` for uint32 ``v`` and an int32 array ``n`` of either sign (exact when it fits)."""
-    return jnp.where(n >= 0, _shl(v, n), _shr(v, -n))
+    return jnp.where(n >= 0, shl(v, n), shr(v, -n))
 
 
 def round_sig(sig, shift, sign, rounding: str, rand=None, random_bits: int | None = None):
     """Rounds ``sig / 2**shift`` to an integer (``shift`` may be <= 0: exact, no change)."""
     s = jnp.maximum(shift, 0)
-    kept = _shr(sig, s)
-    rem = sig & (_shl(_U32(1), s) - 1)  # shifts clip at 31 > 24 bits of sig: exact
+    kept = shr(sig, s)
+    rem = sig & (shl(_U32(1), s) - 1)  # shifts clip at 31 > 24 bits of sig: exact
     inexact = rem != 0
     if rounding == "toward_zero":
         up = jnp.zeros_like(inexact)
@@ -100,7 +99,7 @@ def round_sig(sig, shift, sign, rounding: str, rand=None, random_bits: int | Non
     elif rounding == "down":
         up = inexact & (sign == 1)
     elif rounding in NEAREST:
-        half = _shl(_U32(1), s - 1)
+        half = shl(_U32(1), s - 1)
         above = rem > half
         tie = (rem == half) & (s > 0)
         tie_up = {"nearest_even": (kept & 1) == 1, "nearest_away": jnp.ones_like(tie),
@@ -111,9 +110,9 @@ def round_sig(sig, shift, sign, rounding: str, rand=None, random_bits: int | Non
         r = jnp.minimum(s, nbits)
         # Keep the r leading bits of the remainder and add r uniform random bits: the carry
         # happens with probability rem / 2**s (exactly, when r == s).
-        rem_top = _shr(rem, s - r)
-        noise = rand & (_shl(_U32(1), r) - 1)
-        up = (rem_top + noise) >= _shl(_U32(1), r)
+        rem_top = shr(rem, s - r)
+        noise = rand & (shl(_U32(1), r) - 1)
+        up = (rem_top + noise) >= shl(_U32(1), r)
         up = up & (s > 0)
     else:
         raise ValueError(f"unknown rounding {rounding!r}; known: {', '.join(ROUNDING_MODES)}")
@@ -127,9 +126,9 @@ def join(sign, rs, qe) -> jax.Array:
     """
     top = ilog2(rs)
     ex = qe + top
-    man_n = jnp.where(top <= 23, _shl(rs, 23 - top), _shr(rs, top - 23)) & 0x7FFFFF
+    man_n = jnp.where(top <= 23, shl(rs, 23 - top), shr(rs, top - 23)) & 0x7FFFFF
     normal_bits = (ex + 127).astype(_U32) << 23 | man_n
-    sub_bits = _shl(rs, qe + 149)
+    sub_bits = shl(rs, qe + 149)
     mag = jnp.where(rs == 0, _U32(0), jnp.where(ex >= -126, normal_bits, sub_bits))
     return lax.bitcast_convert_type(mag | (sign.astype(_U32) << 31), jnp.float32)
 
