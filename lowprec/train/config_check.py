@@ -18,9 +18,9 @@ from lowprec.train import finetune_modes, run_recipes, schema
 from lowprec.train.schema import ConfigError  # noqa: F401  (its old import path)
 
 # (field, lowest, highest or None, integer?) and the open ends: the schema's ranges, at their old names.
-RANGES = tuple((f.path, f.allowed.lo, f.allowed.hi, f.allowed.integer) for f in schema.FIELDS
-               if isinstance(f.allowed, schema.Range))
-OPEN_AT = {f.path: f.allowed.open_at for f in schema.FIELDS if isinstance(f.allowed, schema.Range) and f.allowed.open_at}
+_RANGED = [f for f in schema.FIELDS if isinstance(f.allowed, schema.Range)]
+RANGES = tuple((f.path, f.allowed.lo, f.allowed.hi, f.allowed.integer) for f in _RANGED)
+OPEN_AT = {f.path: f.allowed.open_at for f in _RANGED if f.allowed.open_at}
 # Fields a resumed run may change without an override: they do not change what is computed
 # (scan_unroll: the same layers, compiled with or without a loop; absent from older runs).
 RESUME_FREE = ("train.progress", "model.scan_unroll")
