@@ -172,7 +172,7 @@ def block_defaults(block: str) -> dict:
 def upgrade(config: dict) -> dict:
     """A copy of an older config.json dict in today's shape: moved fields renamed (``RENAMED``),
     fields added since filled with their old meaning (``ADDED``); a current one is unchanged."""
-    out = copy.deepcopy(dict(config))
+    out = copy.deepcopy(config.to_dict() if hasattr(config, "to_dict") else dict(config))
     for old, new in RENAMED.items():
         if _has(out, old):
             value = _pop(out, old)

@@ -106,6 +106,7 @@ def test_an_older_config_upgrades_to_one_that_checks_and_builds(name):
     assert all(schema.get(new, p) == schema.get(old, p) for p in schema.leaf_paths(old))  # values it had stay
     assert all(schema.get(new, p) == v for p, v in schema.ADDED if p not in schema.leaf_paths(old))
     assert schema.upgrade(new) == new and old == RUN_CONFIGS[name]["config"]  # idempotent; the input is kept
+    assert schema.upgrade(ml_collections.ConfigDict(old)) == new
     cfg = ml_collections.ConfigDict(new)
     config_check.check(cfg, 1)
     _, _, model = build.make_model(cfg)
