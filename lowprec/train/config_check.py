@@ -2,7 +2,8 @@
 
 ``check`` raises one ``ConfigError`` line naming the field and its allowed values for a value
 that could not train (``train.steps=0``, an unknown recipe, format or estimator), before any
-model is built or run directory made. ``changes`` lists what differs between the config a run
+model is built or run directory made: ``schema.check`` first (fields, ranges, choices; the
+schema declares them), then what needs the other packages. ``changes`` lists what differs between the config a run
 was trained with (its config.json) and the one it is resumed with. ``data_seed`` resolves the
 seed of the data order (``data_seed``, or ``seed`` where it is -1).
 """
