@@ -13,7 +13,7 @@ import re
 from tqdm.auto import tqdm
 
 from launch.sweep import varying_axes
-from lowprec.train import run_recipes
+from lowprec.train import run_recipes, schema
 from lowprec.train.rundir import RunDir, read_metrics
 
 MANIFEST = "manifest.json"
@@ -151,7 +151,7 @@ def read_run(root: str, run_id: str, overrides: dict) -> Run:
     config = {}
     if os.path.exists(os.path.join(path, "config.json")):
         with open(os.path.join(path, "config.json")) as f:
-            config = json.load(f)
+            config = schema.upgrade(json.load(f))  # an older version's run reads with today's fields
     status, reason = RunDir(path).status()
     records = read_metrics(os.path.join(path, "metrics.jsonl"))
     split = {name: [r for r in records if r.get("split") == name] for name in ("train", "val", "telemetry")}

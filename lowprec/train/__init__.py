@@ -4,7 +4,7 @@
     from lowprec import train
 
     result = train.train(lm.get_config("smoke"), "runs/smoke")   # trains (or resumes) runs/smoke
-    cfg = train.read_config("runs/smoke")                         # its config.json, imports done
+    cfg = train.read_config("runs/smoke")                         # its config.json (upgraded), imports done
     run = train.load_run("runs/smoke")                            # config, model, params, step
     logits = run.model(tokens_BxT)
     tuned = train.load_finetuned("runs/smoke-lora")               # a fine-tune, adapters merged
@@ -16,7 +16,8 @@ The package's modules form a one-way chain, each importing only modules below it
     restore   read_config, load_run
     build     from a run config: mesh, model and its recipes, optimizer, initial state, corpus
     below     config_check, finetune_modes (the finetune block), run_recipes, imports, step,
-              sharding, checkpoint, rundir, metrics, telemetry, progress, distributed
+              sharding, checkpoint, rundir, metrics, telemetry, progress, distributed, fields
+    schema    every config field: defaults, docs, checks, upgrade of older config.json files
 
 (``tests/train/test_layering.py`` checks it.) The old paths (``lowprec.train.loop.train``,
 ``lowprec.train.restore.load_run``, ``lowprec.train.finetune.load_finetuned``) still import.

@@ -63,9 +63,9 @@ def recipe_rules(cfg) -> list[tuple]:
 def make_model(cfg):
     """(LlamaConfig, Policy, model) of ``cfg``, its recipes assigned, its parameters initialized from ``cfg.seed``."""
     policy = get_policy(cfg.policy)
-    arch = json.loads(cfg.model.get("arch") or "{}")  # a Hugging Face checkpoint's sizes (finetune.init_from_hf)
+    arch = json.loads(cfg.model.arch or "{}")  # a Hugging Face checkpoint's sizes (finetune.init_from_hf)
     mcfg = llama.config_for(cfg.model.size, **arch, tie_embeddings=cfg.model.tie_embeddings, remat=cfg.model.remat,
-                            scan_unroll=cfg.model.get("scan_unroll", 0),
+                            scan_unroll=cfg.model.scan_unroll,
                             dtype=policy.compute_dtype, param_dtype=policy.param_dtype,
                             vocab_size=cfg.model.vocab_size, attention=cfg.model.attention or None)
     model = llama.Llama(mcfg, nnx.Rngs(cfg.seed))
@@ -103,7 +103,8 @@ def make_optimizer(cfg, policy, key=None):
 
 def load_corpus(cfg) -> lpdata.Corpus:
     """The run config's corpus: ``data.source`` / ``data.path``, restricted to ``data.include`` /
-    ``data.exclude`` ("" or absent in older configs: no restriction)."""
+    ``data.exclude`` ("": no restriction); a data block built by hand (``experiments.ptq``'s
+    ``--hf`` runs) may leave out the optional fields."""
     d = cfg.data
     options = {"tokenizer": d.tokenizer} if d.get("tokenizer") else {}  # text files (checked: finetune.resolve_model)
     return lpdata.load(d.source, d.path or None, include=d.get("include") or None, exclude=d.get("exclude") or None,

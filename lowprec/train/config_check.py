@@ -2,7 +2,8 @@
 
 ``check`` raises one ``ConfigError`` line naming the field and its allowed values for a value
 that could not train (``train.steps=0``, an unknown recipe, format or estimator), before any
-model is built or run directory made. ``changes`` lists what differs between the config a run
+model is built or run directory made: ``schema.check`` first (fields, ranges, choices; the
+schema declares them), then what needs the other packages. ``changes`` lists what differs between the config a run
 was trained with (its config.json) and the one it is resumed with. ``data_seed`` resolves the
 seed of the data order (``data_seed``, or ``seed`` where it is -1).
 """
@@ -10,53 +11,30 @@ seed of the data order (``data_seed``, or ``seed`` where it is -1).
 from __future__ import annotations
 
 import json
-import math
 import re
 
 from lowprec.models import llama
 from lowprec.optim import get_policy
-from lowprec.train import finetune_modes, run_recipes
+from lowprec.train import finetune_modes, run_recipes, schema
+from lowprec.train.schema import ConfigError  # noqa: F401  (its old import path)
 
-# (field, lowest, highest or None, integer?): bounds inclusive unless OPEN_AT names the open end.
-RANGES = (
-    ("train.steps", 1, None, True), ("train.log_every", 1, None, True), ("train.eval_every", 1, None, True),
-    ("train.checkpoint_every", 1, None, True), ("train.keep_checkpoints", 1, None, True),
-    ("train.eval_batches", 1, None, True), ("train.telemetry_every", 0, None, True),
-    ("data.seq_len", 1, None, True), ("data.batch_size", 1, None, True), ("optim.grad_accum", 1, None, True),
-    ("optim.warmup_steps", 0, None, True), ("optim.lr", 0, None, False), ("optim.eps", 0, None, False),
-    ("optim.clip_norm", 0, None, False), ("optim.weight_decay", 0, None, False),
-    ("optim.min_lr_ratio", 0, 1, False), ("optim.b1", 0, 1, False), ("optim.b2", 0, 1, False),
-)
-OPEN_AT = {"optim.lr": "low", "optim.eps": "low", "optim.clip_norm": "low", "optim.b1": "high", "optim.b2": "high"}
+# (field, lowest, highest or None, integer?) and the open ends: the schema's ranges, at their old names.
+_RANGED = [f for f in schema.FIELDS if isinstance(f.allowed, schema.Range)]
+RANGES = tuple((f.path, f.allowed.lo, f.allowed.hi, f.allowed.integer) for f in _RANGED)
+OPEN_AT = {f.path: f.allowed.open_at for f in _RANGED if f.allowed.open_at}
 # Fields a resumed run may change without an override: they do not change what is computed
 # (scan_unroll: the same layers, compiled with or without a loop; absent from older runs).
 RESUME_FREE = ("train.progress", "model.scan_unroll")
-# Fields added after runs were recorded, with their defaults: a field absent from a run's
-# config.json stands for this value there, so resuming under the default is no change.
-# (data_seed -1: the data order follows seed, as every run before the field did.)
-ADDED_DEFAULTS = {"data_seed": -1, "imports": [], "model.arch": "", "data.tokenizer": "", "finetune.init_from_hf": "",
-                  "train.seeds_per_process": 1}
-
-
-class ConfigError(ValueError):
-    """A config value that cannot train; the message is one line naming the field."""
+# Fields added after runs were recorded, with the value that stands for them where a run's
+# config.json lacks them (schema.ADDED), so resuming under that value is no change.
+ADDED_DEFAULTS = {field: value for field, value in schema.ADDED if field not in RESUME_FREE}
 
 
 def check(cfg, device_count: int | None = None) -> None:
-    """Raises ConfigError for the first impossible value of ``cfg`` (see ``RANGES``), an unknown
-    model size, policy, recipe, recipe rule pattern or finetune field (formats, estimators)."""
-    for field, lo, hi, integer in RANGES:
-        _check_range(cfg, field, lo, hi, integer)
-    value = cfg.get("data_seed", -1)
-    if not isinstance(value, int) or isinstance(value, bool) or value < -1:
-        raise ConfigError(f"data_seed must be an integer >= 0, or -1 (the same as seed); got {value!r}")
-    if cfg.data.batch_size % cfg.optim.grad_accum:
-        raise ConfigError(f"optim.grad_accum={cfg.optim.grad_accum} must divide data.batch_size="
-                          f"{cfg.data.batch_size}")
-    devices = cfg.mesh.devices
-    if not (isinstance(devices, int) and (devices == -1 or 1 <= devices <= (device_count or devices))):
-        raise ConfigError(f"mesh.devices must be -1 (all) or 1 to {device_count or 'the device count'}; "
-                          f"got {devices!r}")
+    """Raises ConfigError for the first impossible value of ``cfg``: ``schema.check``'s (missing
+    or unknown fields, ranges, choices), then an unknown model size, policy, recipe, recipe rule
+    pattern or finetune field (formats, estimators)."""
+    schema.check(cfg, device_count)
     for field, call in (("model.size", lambda: llama.config_for(cfg.model.size)),
                         ("policy", lambda: get_policy(cfg.policy)), ("", lambda: finetune_modes.check(cfg))):
         try:  # the messages of finetune_modes.check name their fields
@@ -83,22 +61,6 @@ def data_seed(cfg) -> int:
     return cfg.seed if value == -1 else value
 
 
-def _check_range(cfg, field: str, lo, hi, integer: bool) -> None:
-    node = cfg
-    for part in field.split("."):
-        node = node[part]
-    value, open_at = node, OPEN_AT.get(field)
-    if hi is None:
-        allowed = f"> {lo}" if open_at == "low" else f">= {lo}"
-    else:
-        allowed = f"in {'(' if open_at == 'low' else '['}{lo}, {hi}{')' if open_at == 'high' else ']'}"
-    number = isinstance(value, int) if integer else isinstance(value, (int, float)) and math.isfinite(value)
-    ok = number and not isinstance(value, bool) and (value > lo if open_at == "low" else value >= lo) and (
-        hi is None or (value < hi if open_at == "high" else value <= hi))
-    if not ok:
-        raise ConfigError(f"{field} must be {'an integer' if integer else 'a number'} {allowed}; got {value!r}")
-
-
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
@@ -112,11 +74,12 @@ def run_config(cfg) -> dict:
 
 def changes(old: dict, new: dict) -> dict[str, tuple]:
     """``{field: (old value, new value)}`` where the configs differ (``"<absent>"`` for a field
-    only one has), less ``RESUME_FREE``; a field of ``ADDED_DEFAULTS`` absent from one side is
-    its default there; recipe definitions compared by name; a run recorded before definitions
+    only one has), less ``RESUME_FREE``; each side brought up to date first (``schema.upgrade``:
+    a field of ``ADDED_DEFAULTS`` absent from one side is its old meaning there); recipe
+    definitions compared by name; a run recorded before definitions
     were (none in ``old``) is compared on its fields alone."""
     recorded = run_recipes.FIELD in old
-    old, new = ({**ADDED_DEFAULTS, **_flat(c)} for c in (old, new))
+    old, new = (_flat(schema.upgrade(c)) for c in (old, new))
     if not recorded:
         new = {k: v for k, v in new.items() if not k.startswith(run_recipes.FIELD)}
     out = {}

@@ -5,7 +5,8 @@ table of docs/training.md.
     python -m lowprec.train.fields configs/lm.py                            # the docs table
     python -m lowprec.train.fields configs/lm.py --write docs/training.md   # ... written there
 
-``FIELDS`` maps every leaf of ``configs/lm.py``'s config (dotted path) to a one-line meaning.
+``FIELDS`` maps every leaf of ``configs/lm.py``'s config (dotted path) to a one-line meaning:
+``lowprec.train.schema.docs()``, where each field is declared with its default and allowed values.
 The table's "default" column is the base variant's value, with the variants that change it
 noted (``512 (`cpu` 128, `smoke` 64)``), except where ``DEFAULT_TEXT`` says it in words.
 """
@@ -18,75 +19,9 @@ import re
 import sys
 from collections.abc import Iterator, Mapping
 
-FIELDS: dict[str, str] = {
-    "imports": "user modules or `.py` files every process of the run imports first, so their formats, "
-               "estimators and recipes are usable by name ([recipes](recipes.md)); "
-               "`--config.imports=my_formats` or `'(\"a\", \"b.py\")'`; a relative `.py` path is resolved "
-               "against the working directory when the run starts and recorded absolute",
-    "seed": "initialization and data order",
-    "data_seed": "the data order alone; -1: the same as `seed`",
-    "model.size": "`tiny`, `6m`, `20m`, `125m`, `350m`, `1b` (`lowprec/models/llama.py` `SIZES`)",
-    "model.vocab_size": "token ids (bytes: 256; a BPE corpus: its vocabulary)",
-    "model.tie_embeddings": "LM head shares the embedding table (a quantized `lm_head` layer, logits scaled "
-                            "by d_model^-0.5)",
-    "model.arch": "JSON of LlamaConfig fields overriding `model.size`'s (`\"\"`: none); written from "
-                  "`finetune.init_from_hf`'s config.json (sizes, GQA, head width, rope_theta, rms_norm_eps)",
-    "model.remat": "recompute each layer in the backward pass",
-    "model.scan_unroll": "layers per iteration of the layer scan; 0: all (no loop, the fastest step)",
-    "model.attention": "`\"\"` (auto: cuDNN's fused kernel on GPUs, logged), `\"xla\"` or `\"cudnn\"`",
-    "policy": "precision policy, a name of `lp.optim.PRESETS` (`fp32`, `mixed_bf16`, `bf16_pure`, "
-              "`bf16_master`, `bf16_sr`, `mixed_fp16`, `fp16_master`) or "
-              "`\"param=..,compute=..,master=..,loss_scale=..\"`",
-    "recipe": "every linear layer's recipe (a name or a call, [recipes](recipes.md))",
-    "recipe_rules": "(path regex, recipe) pairs, first match wins over `recipe`",
-    "data.source": "`pypi_v1`, `debian_v1`, `default` (= `debian_v1`, earlier runs), `text`, `tokens`, "
-                   "`synthetic`",
-    "data.seq_len": "tokens per sequence",
-    "data.batch_size": "sequences per step (global)",
-    "data.path": "a prepared corpus directory, or files for `text` / `tokens`",
-    "data.tokenizer": "a Hugging Face `tokenizer.json`, or a directory holding one, that tokenizes "
-                      "`text` files (`\"\"`: bytes); `model.vocab_size` must hold its vocabulary",
-    "data.include": "sub-sources kept, comma-separated (`\"\"`: all), e.g. `shakespeare`",
-    "data.exclude": "sub-sources left out",
-    "finetune.init_from": "a run directory to start from (its latest checkpoint; optimizer fresh)",
-    "finetune.init_from_hf": "a Hugging Face Llama directory (config.json, safetensors) to start from; "
-                             "its config.json sets `model.vocab_size`, `model.tie_embeddings` and `model.arch`",
-    "finetune.mode": "`full`, `lora`, `qlora` (adapters over a base stored in `base_format`), `qat`",
-    "finetune.lora_rank": "adapter rank",
-    "finetune.lora_alpha": "adapter scale alpha / rank",
-    "finetune.lora_targets": "regex of layers that get adapters (or QAT)",
-    "finetune.lora_dropout": "adapter dropout",
-    "finetune.base_format": "QLoRA's stored base (`nf4_qlora`: bitsandbytes' NF4, bit for bit; `nf4`: lowprec's "
-                            "NF4, int8 linear double-quantized scales) / QAT's quantizer format (`nf4_qlora`: "
-                            "through `nf4`)",
-    "finetune.qat_estimator": "QAT's gradient: `ste` or `dge`",
-    "finetune.eval_quantized": "a format the targeted weights are rounded to for a last validation "
-                               "(`val_quantized`)",
-    "optim.lr": "AdamW peak learning rate",
-    "optim.warmup_steps": "linear warmup, then cosine decay",
-    "optim.min_lr_ratio": "the decay's end, times `lr`",
-    "optim.b1": "Adam beta1 (first-moment decay)",
-    "optim.b2": "Adam beta2 (second-moment decay)",
-    "optim.eps": "Adam epsilon",
-    "optim.weight_decay": "decoupled weight decay",
-    "optim.clip_norm": "global gradient-norm clip",
-    "optim.grad_accum": "micro-batches per step",
-    "mesh.data": "data-parallel mesh axis size; one of `mesh.data`, `mesh.fsdp`, `mesh.tensor` may be -1 "
-                 "(the rest)",
-    "mesh.fsdp": "FSDP (parameter-sharding) mesh axis size",
-    "mesh.tensor": "tensor-parallel mesh axis size",
-    "mesh.devices": "how many devices to use (-1: all)",
-    "train.steps": "optimizer steps",
-    "train.log_every": "steps between train records",
-    "train.eval_every": "steps between validations",
-    "train.eval_batches": "validation batches per evaluation (at least 1)",
-    "train.checkpoint_every": "steps between checkpoints",
-    "train.keep_checkpoints": "checkpoints kept",
-    "train.telemetry_every": "steps between per-layer numerics records (0: none)",
-    "train.progress": "a progress bar on the terminal",
-    "train.seeds_per_process": "seeds `seed`.. `seed`+N-1 trained in one process as a vmapped axis (one device, "
-                               "from scratch), each in its own run directory `<workdir>/seed-<s>`",
-}
+from lowprec.train import schema
+
+FIELDS: dict[str, str] = schema.docs()  # the schema's docs, in the table's order
 
 # The docs table's default where the variants' values do not say it.
 DEFAULT_TEXT: dict[str, str] = {
@@ -156,7 +91,7 @@ def markdown_table(base_cfg, variant_cfgs: Mapping[str, object] | None = None) -
     variants = {name: dict(leaves(c)) for name, c in (variant_cfgs or {}).items()}
     missing = [p for p in base if p not in FIELDS]
     if missing:
-        raise KeyError(f"lowprec.train.fields.FIELDS lacks config fields: {', '.join(missing)}")
+        raise KeyError(f"lowprec.train.schema.FIELDS lacks config fields: {', '.join(missing)}")
     rows = [HEADER, "|---|---|---|"]
     for path in sorted(base, key=list(FIELDS).index):  # FIELDS' order (a config's items are sorted)
         cells = [f"`{path}`", default_text(path, base, variants), FIELDS[path]]
@@ -173,7 +108,7 @@ def help_text(cfg, title: str = "") -> str:
     vwidth = min(max((len(v) for v in values), default=0), 24)
     lines = [title] if title else []
     for (path, _), value in zip(items, values):
-        meaning = _plain(FIELDS.get(path, "(not described in lowprec.train.fields)"))
+        meaning = _plain(FIELDS.get(path, "(not described in lowprec.train.schema)"))
         lines.append(f"  {path:<{width}}  {value:<{vwidth}}  {meaning}")
     return "\n".join(lines)
 

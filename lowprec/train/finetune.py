@@ -37,9 +37,9 @@ from lowprec.nn import assign_recipes, lora
 from lowprec.train import build, checkpoint, restore, run_recipes, sharding
 from lowprec.train.checkpoint import Checkpointer, abstract
 from lowprec.train.config_check import ConfigError
-# The finetune block and its modes' construction, at their old import paths (finetune.settings, ...).
+# The finetune block and its modes' construction, at their old import paths (finetune.check, ...).
 from lowprec.train.finetune_modes import (  # noqa: F401
-    ADAPTER_MODES, DEFAULTS, MODES, QAT_ESTIMATORS, adapt, check, qat_rules, settings, split, trainable_filter,
+    ADAPTER_MODES, DEFAULTS, MODES, QAT_ESTIMATORS, adapt, check, qat_rules, split, trainable_filter,
     weight_only_recipe,
 )
 
@@ -61,8 +61,8 @@ def resolve_model(cfg):
     width, rope_theta, rms_norm_eps; the tied head unscaled) set from it, so the run's config.json
     records them and ``build`` makes that model. Then ``data.tokenizer`` is checked: text files
     only, its vocabulary within ``model.vocab_size``. ConfigError (one line) before any run is made."""
-    ft = settings(cfg)
-    path = ft.get("init_from_hf", "")
+    ft = cfg.finetune
+    path = ft.init_from_hf
     if path:
         if ft.init_from:
             raise ConfigError(f"finetune.init_from={ft.init_from!r} and finetune.init_from_hf={path!r}: give one")
@@ -88,7 +88,7 @@ def resolve_model(cfg):
 def check_tokenizer(cfg) -> None:
     """ConfigError unless ``data.tokenizer`` is empty or a tokenizer.json (or a directory holding
     one) for ``data.source="text"`` whose vocabulary fits ``model.vocab_size``."""
-    path = cfg.data.get("tokenizer", "")
+    path = cfg.data.tokenizer
     if not path:
         return
     if cfg.data.source != "text":
@@ -119,15 +119,15 @@ def check_init_from(cfg) -> None:
     """Raises ValueError unless ``finetune.init_from`` is a run with plain parameters of the
     configured model's shapes (read from its config.json, before any model is built); for
     ``finetune.init_from_hf``, unless the config's model is its config.json's (``resolve_model``)."""
-    ft = settings(cfg)
-    if ft.get("init_from_hf"):
+    ft = cfg.finetune
+    if ft.init_from_hf:
         if resolve_model(cfg) is not cfg:
             raise ValueError(f"finetune.init_from_hf {ft.init_from_hf!r}: the config's model fields differ from its "
                              "config.json (run it through finetune.resolve_model first)")
         return
     pre_cfg = restore.read_config(ft.init_from)
     run_recipes.check_run(ft.init_from, pre_cfg)
-    pre_mode = settings(pre_cfg).mode
+    pre_mode = pre_cfg.finetune.mode
     if pre_mode in ADAPTER_MODES:
         raise ValueError(f"finetune.init_from {ft.init_from!r} is a {pre_mode} run; start from a run with plain "
                          "parameters (mode full or qat)")
@@ -141,8 +141,8 @@ def load_pretrained(cfg, model: nnx.Module) -> dict:
     """Sets ``model``'s Params from ``finetune.init_from``'s latest checkpoint (cast to the
     model's dtypes); returns where they came from: the run, the checkpoint's step and its
     fingerprint (``checkpoint.fingerprint``), recorded as the fine-tune's ``init`` metrics."""
-    ft = settings(cfg)
-    if ft.get("init_from_hf"):
+    ft = cfg.finetune
+    if ft.init_from_hf:
         return _load_hf(ft.init_from_hf, model)
     pre = restore.load_run(ft.init_from, devices=jax.local_devices()[:1])
     target = nnx.state(model, nnx.Param)
@@ -173,7 +173,7 @@ def quantized_model(cfg, graphdef, params, frozen, rest, amax=None):
     """(graphdef, params, rest) of the model to evaluate for ``eval_quantized``: adapters merged
     into their layers, the targeted layers' weights rounded to ``eval_quantized`` in the forward
     pass (the same quantizer as qat mode), the other layers as trained."""
-    ft = settings(cfg)
+    ft = cfg.finetune
     model = nnx.merge(graphdef, params, *(v for v in (frozen, amax) if v is not None), rest)
     if ft.mode in ADAPTER_MODES:
         model = lora.merge_lora(model)

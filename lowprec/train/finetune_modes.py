@@ -1,6 +1,6 @@
 """The run config's ``finetune`` block and what each of its modes changes in a model.
 
-The block's fields and defaults (``DEFAULTS``; ``configs/lm.py`` writes the same), its check
+The block's fields and defaults (``DEFAULTS``, from ``schema``), its check
 (``check``: one line naming the field and its allowed values), and the construction each mode
 asks of a freshly built model: qat mode's recipe rule (``qat_rules``), lora/qlora modes'
 adapters (``adapt``) and the split of trainable from frozen variables (``split``). Nothing
@@ -13,31 +13,24 @@ from __future__ import annotations
 import logging
 import re
 
-import ml_collections
 from flax import nnx
 
 from lowprec.nn import lora, packed
 from lowprec.ops import Recipe
 from lowprec.quant import get_estimator
+from lowprec.train import schema
 
 log = logging.getLogger(__name__)
 
-MODES = ("full", "lora", "qlora", "qat")
+MODES = schema.MODES
 ADAPTER_MODES = ("lora", "qlora")
-QAT_ESTIMATORS = ("ste", "dge")
-DEFAULTS = dict(init_from="", init_from_hf="", mode="full", lora_rank=8, lora_alpha=16.0, lora_targets="attn|mlp", lora_dropout=0.0,
-                base_format="nf4_qlora", qat_estimator="ste", eval_quantized="")
-
-
-def settings(cfg) -> ml_collections.ConfigDict:
-    """The run's ``finetune`` block; configs written before fine-tuning existed have none, and
-    then mean a plain training run (the defaults)."""
-    return cfg.finetune if "finetune" in cfg else ml_collections.ConfigDict(DEFAULTS)
+QAT_ESTIMATORS = schema.QAT_ESTIMATORS
+DEFAULTS = schema.block_defaults("finetune")
 
 
 def check(cfg) -> None:
     """Raises ValueError naming the field and its allowed values for a bad ``finetune`` block."""
-    ft = settings(cfg)
+    ft = cfg.finetune
     unknown = sorted(set(ft.keys()) - set(DEFAULTS))
     if unknown:
         raise ValueError(f"unknown finetune field(s) {', '.join(unknown)}; known: {', '.join(DEFAULTS)}")
@@ -81,22 +74,22 @@ def weight_only_recipe(spec: str, estimator: str = "ste") -> Recipe:
 
 def qat_rules(cfg) -> list[tuple[str, Recipe]]:
     """The recipe rule that puts the targeted layers' weights through the quantizer (qat mode)."""
-    ft = settings(cfg)
+    ft = cfg.finetune
     if ft.mode != "qat":
         return []
     return [(ft.lora_targets, weight_only_recipe(ft.base_format, ft.qat_estimator))]
 
 
 def trainable_filter(cfg):
-    return lora.LoRAParam if settings(cfg).mode in ADAPTER_MODES else nnx.Param
+    return lora.LoRAParam if cfg.finetune.mode in ADAPTER_MODES else nnx.Param
 
 
 def adapt(cfg, model: nnx.Module) -> dict:
     """Adds the adapters of lora/qlora modes to ``model`` in place; ``{path: (in, out)}``."""
-    ft = settings(cfg)
+    ft = cfg.finetune
     if ft.mode not in ADAPTER_MODES:
         return {}
-    if not ft.init_from and not ft.get("init_from_hf"):
+    if not ft.init_from and not ft.init_from_hf:
         log.warning("finetune.mode=%s without finetune.init_from: adapters on a randomly initialized base", ft.mode)
     return lora.apply_lora(model, ft.lora_targets, ft.lora_rank, ft.lora_alpha, dropout=ft.lora_dropout,
                            base=ft.base_format if ft.mode == "qlora" else None, rngs=nnx.Rngs(cfg.seed + 3))

@@ -231,11 +231,11 @@ def _build(cfg, run: RunDir, mesh, corpus: lpdata.Corpus | None = None) -> _Part
     checkpoint is there to resume: a resumed fine-tune restores its own, never init_from again),
     logged; its corpus (``corpus`` if given: seeds of one process share it), batch iterators and
     metrics writer."""
-    ft = finetune.settings(cfg)
+    ft = cfg.finetune
     ckpt = Checkpointer(run.checkpoints, keep=cfg.train.keep_checkpoints)
     resuming = ckpt.latest_step() is not None
     load_params = None
-    if (ft.init_from or ft.get("init_from_hf")) and not resuming:
+    if (ft.init_from or ft.init_from_hf) and not resuming:
         finetune.check_init_from(cfg)
         load_params = finetune.load_pretrained
     built = setup(cfg, mesh, load_params)
@@ -377,7 +377,7 @@ def _finish(p: _Parts, state, start: int, last: dict, progress: Progress) -> dic
     """``last`` with the final step, a fine-tune's quantized validation (``eval_quantized``, once
     the run reaches ``train.steps``) and its memory record; checkpoints, metrics and progress closed."""
     cfg, built = p.cfg, p.built
-    ft = finetune.settings(cfg)
+    ft = cfg.finetune
     last["step"] = int(jax.device_get(state.step))
     if ft.eval_quantized and start < cfg.train.steps == last["step"]:
         g, params, r = finetune.quantized_model(cfg, built.eval_graphdef, state.params, _frozen(state), built.rest,
@@ -401,7 +401,7 @@ def _frozen(state):
 
 
 def _is_finetune(ft) -> bool:
-    return bool(ft.init_from or ft.get("init_from_hf")) or ft.mode != "full"
+    return bool(ft.init_from or ft.init_from_hf) or ft.mode != "full"
 
 
 def evaluate(eval_step, params, evals, mesh, bytes_per_token: float = 1.0, frozen=None, amax=None) -> dict:
@@ -425,8 +425,8 @@ SEEDS_FILE = "seeds.json"  # in the group directory: the seeds and their run dir
 
 
 def seeds_per_process(cfg) -> int:
-    """``train.seeds_per_process`` (1 where a config has no such field)."""
-    return cfg.train.get("seeds_per_process", 1)
+    """``train.seeds_per_process``."""
+    return cfg.train.seeds_per_process
 
 
 def seed_configs(cfg) -> list:
@@ -455,11 +455,11 @@ def check_seeds(cfg, mesh) -> None:
         raise ConfigError(f"train.seeds_per_process must be an integer >= 1; got {n!r}")
     if n == 1:
         return
-    ft = finetune.settings(cfg)
+    ft = cfg.finetune
     if mesh.devices.size != 1 or jax.process_count() != 1:
         raise ConfigError(f"train.seeds_per_process={n} trains on one device of one process: set mesh.devices=1 "
                           f"(the mesh has {mesh.devices.size} devices, {jax.process_count()} processes)")
-    if ft.mode != "full" or ft.init_from or ft.get("init_from_hf") or ft.eval_quantized:
+    if ft.mode != "full" or ft.init_from or ft.init_from_hf or ft.eval_quantized:
         raise ConfigError(f"train.seeds_per_process={n} trains from scratch only: finetune.mode must be 'full' and "
                           "finetune.init_from, finetune.init_from_hf, finetune.eval_quantized empty")
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from lowprec.train import build, imports, sharding
+from lowprec.train import build, imports, schema, sharding
 from lowprec.train.checkpoint import Checkpointer, abstract
 from lowprec.train.step import TrainState, split_histories
 
@@ -43,13 +43,14 @@ class RestoredRun:
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
-    """The run's config.json, after importing the modules its ``imports`` names (so that the
+    """The run's config.json, brought up to date (``schema.upgrade``: a run of an older version
+    reads with today's fields), after importing the modules its ``imports`` names (so that the
     formats and recipes they register resolve)."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{workdir} is not a run directory: it has no config.json")
     with open(path) as f:
-        cfg = ml_collections.ConfigDict(json.load(f))
+        cfg = ml_collections.ConfigDict(schema.upgrade(json.load(f)))
     imports.from_config(cfg)
     return cfg
 

@@ -25,7 +25,7 @@ def test_old_import_paths_still_work():
     for name in ("setup", "Setup", "build_model", "make_model", "make_optimizer", "make_mesh", "recipe_rules",
                  "load_corpus", "shard"):
         assert getattr(loop, name) is getattr(build, name), name
-    for name in ("settings", "check", "DEFAULTS", "MODES", "ADAPTER_MODES", "qat_rules", "weight_only_recipe",
+    for name in ("check", "DEFAULTS", "MODES", "ADAPTER_MODES", "qat_rules", "weight_only_recipe",
                  "adapt", "split", "trainable_filter"):
         assert getattr(finetune, name) is getattr(finetune_modes, name), name
 
