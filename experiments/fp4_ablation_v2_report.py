@@ -12,7 +12,9 @@ seed's difference of final validation loss, their mean, the unpaired means and t
 The decision rule (``RULE``): a comparison's paired differences d_s = setting − baseline per seed.
 "no effect" when |d_s| < 0.02 nats for every seed; "effect" when |d_s| >= 0.03 with one sign for
 every seed; else "unclear". A setting whose run diverged or failed is reported as such; one that
-has not run leaves its comparisons "not run".
+has not run leaves its comparisons "not run". Where a setting's runs stopped before the end, the
+rule is applied to the paired losses at the last validation step that every seed of both settings
+reached, and the verdict says "unfinished; at step N".
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ RULE = (f"Paired differences d_s = setting − baseline of the final validation 
         f"seed (same seed: same initialization and data order). **no effect**: |d_s| < {NO_EFFECT} for every "
         f"seed; **effect**: |d_s| >= {EFFECT} with one sign for every seed; otherwise **unclear**. A setting "
         f"with a diverged or failed run is named as such; one without finished runs leaves its comparisons "
-        f"**not run**.")
+        f"**not run**, or, where its runs stopped early, is compared at the last validation step every seed "
+        f"of both settings reached (**unfinished; at step N**).")
 LR_HIGH = 3e-3
 # (hypothesis, what it predicts, [(setting, baseline)]): a setting is (recipe, lr or None for the default).
 HYPOTHESES = (
@@ -68,16 +71,18 @@ def _key(run: load.Run, default_lr: float) -> tuple:
     return run.value("recipe"), None if lr is None or math.isclose(float(lr), default_lr) else float(lr)
 
 
-def collect(root: str) -> tuple[dict, dict, str]:
+def collect(root: str) -> tuple[dict, dict, str, dict]:
     """({setting: {seed: final val loss}} of finished runs, {setting: "diverged"/"failed" note},
-    the device line) from the runs under ``root``."""
+    the device line, {setting: {seed: {step: val loss}}} of every run with validation records)
+    from the runs under ``root``."""
     swept = load.load(root)
     default_lr = 1e-3
-    values, bad, devices = {}, {}, set()
+    values, bad, devices, curves = {}, {}, set(), {}
     for run in swept.runs:
         s = summary.summarize(run)
         key = _key(run, default_lr)
         seed = run.value("seed")
+        curves.setdefault(key, {})[seed] = {r["step"]: r["loss"] for r in run.val if math.isfinite(r.get("loss", math.nan))}
         for line in run.log_text.splitlines():
             if "devices:" in line:
                 devices.add(line.split("devices:", 1)[1].strip())
@@ -85,7 +90,7 @@ def collect(root: str) -> tuple[dict, dict, str]:
             bad[key] = s.divergence
         elif run.status == "done" and math.isfinite(s.final_val):
             values.setdefault(key, {})[seed] = s.final_val
-    return values, bad, "; ".join(sorted(devices)) or "not recorded"
+    return values, bad, "; ".join(sorted(devices)) or "not recorded", curves
 
 
 def verdict(diffs: list[float]) -> str:
@@ -103,11 +108,31 @@ def name(setting: tuple) -> str:
     return recipe if lr is None else f"{recipe} @ lr {lr:g}"
 
 
-def compare(values: dict, bad: dict, setting: tuple, baseline: tuple) -> dict:
+def matched_step(curves: dict, setting: tuple, baseline: tuple) -> tuple[int | None, dict]:
+    """(the last validation step that every seed of both settings reached, {(setting name, seed):
+    val loss there}); (None, {}) where they share no seed or step."""
+    a, b = curves.get(setting, {}), curves.get(baseline, {})
+    seeds = sorted(set(a) & set(b))
+    steps = set.intersection(*(set(a[s]) & set(b[s]) for s in seeds)) if seeds else set()
+    if not steps:
+        return None, {}
+    step = max(steps)
+    return step, {**{(name(setting), s): a[s][step] for s in seeds}, **{(name(baseline), s): b[s][step] for s in seeds}}
+
+
+def compare(values: dict, bad: dict, setting: tuple, baseline: tuple, curves: dict | None = None) -> dict:
+    """One comparison's row: the paired final losses; where a setting has no finished run, the
+    paired losses at the last validation step both reached, said so in the verdict."""
     flat = {(name(k), seed): v for k, by_seed in values.items() for seed, v in by_seed.items()}
     p = paired.paired(flat, name(setting), name(baseline))
     diffs = list(p.by_seed.values())
     out = verdict(diffs)
+    if not diffs and curves:
+        step, at = matched_step(curves, setting, baseline)
+        if step is not None:
+            p = paired.paired(at, name(setting), name(baseline))
+            diffs = list(p.by_seed.values())
+            out = f"unfinished; at step {step}: {verdict(diffs)}"
     broken = [f"{name(k)} {bad[k]}" for k in (setting, baseline) if k in bad]
     if broken:
         out = "; ".join(broken)
@@ -118,8 +143,8 @@ def compare(values: dict, bad: dict, setting: tuple, baseline: tuple) -> dict:
 
 def write(root: str, out: str, figures: bool = False) -> list[dict]:
     os.makedirs(out, exist_ok=True)
-    values, bad, devices = collect(root)
-    rows = [{"hypothesis": h, "prediction": pred, **compare(values, bad, s, b)} for h, pred, pairs in HYPOTHESES
+    values, bad, devices, curves = collect(root)
+    rows = [{"hypothesis": h, "prediction": pred, **compare(values, bad, s, b, curves)} for h, pred, pairs in HYPOTHESES
             for s, b in pairs]
     with open(os.path.join(out, "comparisons.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -39,3 +39,14 @@ def test_every_hypothesis_names_settings_of_the_sweep():
             assert setting[0] in recipes, setting
             assert setting[1] in (None, fp4_ablation_v2.LR_HIGH)
     assert v2.LR_HIGH == fp4_ablation_v2.LR_HIGH
+
+
+def test_unfinished_runs_are_compared_at_the_last_step_both_reached():
+    curves = {("a", None): {0: {250: 1.5, 500: 1.2, 750: 1.0}, 1: {250: 1.6, 500: 1.3}},
+              ("b", None): {0: {250: 1.55, 500: 1.25}, 1: {250: 1.64, 500: 1.34, 750: 1.1}}}
+    step, at = v2.matched_step(curves, ("b", None), ("a", None))
+    assert step == 500 and at[("b", 0)] == 1.25 and at[("a", 1)] == 1.3
+    row = v2.compare({}, {}, ("b", None), ("a", None), curves)
+    assert row["verdict"] == "unfinished; at step 500: effect (setting higher)"
+    assert row["per_seed"] == "s0: +0.0500 s1: +0.0400"
+    assert v2.matched_step(curves, ("c", None), ("a", None)) == (None, {})
