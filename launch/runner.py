@@ -256,10 +256,12 @@ def _tail(path: str, lines: int = 15) -> str:
 
 
 def _recorded_end(status: str | None, reason: str, rewritten: bool) -> bool:
-    """Whether a run that exited non-zero wrote why in its STATUS (``rewritten``: since it started):
-    failed with its reason, or stopped by a signal (exit 143 / 130, STATUS running, "interrupted
-    by ..."; it resumes when re-run)."""
-    return rewritten and (status == "failed" or (status == "running" and reason.startswith("interrupted by ")))
+    """Whether a run that exited non-zero wrote how it ended in its STATUS (``rewritten``: since it
+    started): failed with its reason; stopped by a signal (exit 143 / 130, STATUS running,
+    "interrupted by ..."; it resumes when re-run); or done, then killed while closing down (its
+    results are complete, so it stays done)."""
+    return rewritten and (status in ("failed", "done")
+                          or (status == "running" and reason.startswith("interrupted by ")))
 
 
 # ---- the runner ----
@@ -369,6 +371,8 @@ class Runner:
                 reason = f"exit code {rc}; last output:\n{_tail(os.path.join(run.path, 'stdout.txt'))}"
                 RunDir(run.path).set_status("failed", reason)
                 status = "failed"
+            if rc != 0 and status == "done":
+                log.warning("%s: exit code %d after its STATUS said done; kept done", run.id, rc)
             _runner_log(run.path, f"ended with exit code {rc}, STATUS {status}")
             self.outcome[run.id] = {"running": "interrupted (resumes when re-run)", None: "no STATUS"}.get(
                 status, status)

@@ -250,3 +250,13 @@ def test_a_sweep_of_seed_groups_trains_and_reads_back_as_runs(spec, tmp_path, la
     assert "seed" in swept.axes and all(r.val and r.val[-1]["step"] == 4 for r in swept.runs)
     # The group's seeds trained as they would alone: seed 0 in the group is the grouped config's seed.
     assert [json.load(open(os.path.join(group.path, d, "config.json")))["seed"] for d in ("seed-0", "seed-1")] == [0, 1]
+
+
+def test_a_run_killed_after_it_finished_stays_done(tmp_path, in_repo, capsys):
+    code = ("import os, signal, sys; open(os.path.join(sys.argv[1], 'STATUS'), 'w').write('done\\n'); "
+            "os.kill(os.getpid(), signal.SIGTERM)")  # e.g. a stop while the finished trainer closes down
+    finished = _script_run(tmp_path, "finished", code)
+    os.makedirs(finished.path)
+    assert runner.Runner([finished], [None], refresh=0.5).run() == 0
+    assert RunDir(finished.path).status()[0] == "done"
+    assert "ended with exit code -15, STATUS done" in open(os.path.join(finished.path, "runner.log")).read()
