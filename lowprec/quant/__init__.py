@@ -2,8 +2,8 @@
 
 from lowprec.quant import occ, presets
 from lowprec.quant.estimators import (
-    CLIPPED_STE, DGE, STE, Estimator, clipped_ste_derivative, dge, dge_derivative, get_estimator,
-    register_estimator,
+    CLIPPED_STE, DGE, STE, Estimator, clipped_ste_derivative, dge, dge_derivative, estimator_names,
+    get_estimator, register_estimator,
 )
 from lowprec.quant.granularity import Granularity
 from lowprec.quant.occ import OCC
@@ -14,6 +14,6 @@ from lowprec.quant.scaling import SCALE_RULES, amax, scale_from_amax
 
 __all__ = [
     "CLIPPED_STE", "DGE", "Estimator", "Granularity", "OCC", "QTensor", "Quantizer", "SCALE_RULES", "STE",
-    "amax", "clamp_outliers", "clipped_ste_derivative", "dge", "dge_derivative", "get_estimator", "occ",
-    "presets", "register_estimator", "scale_from_amax", "update_amax_history",
+    "amax", "clamp_outliers", "clipped_ste_derivative", "dge", "dge_derivative", "estimator_names", "get_estimator",
+    "occ", "presets", "register_estimator", "scale_from_amax", "update_amax_history",
 ]
