@@ -67,8 +67,7 @@ def _expect(ok, what: str, prop: str, x=None, got=None, want=None) -> None:
 # ---- formats ----
 
 def _padded(a: np.ndarray, n: int) -> np.ndarray:
-    """``a`` repeated at its last entry up to length ``n``: fixed shapes let eager runs of
-    formats of one bit width share their compiled primitives."""
+    """``a`` repeated at its last entry up to length ``n`` (``2**bits``): one input shape per bit width."""
     return np.concatenate([a, np.full(n - a.size, a[-1], a.dtype)])
 
 
