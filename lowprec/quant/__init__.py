@@ -2,7 +2,7 @@
 
 from lowprec.quant import occ, presets
 from lowprec.quant.estimators import (
-    CLIPPED_STE, DGE, STE, Estimator, dge, dge_derivative, get_estimator, register_estimator,
+    CLIPPED_STE, DGE, STE, Estimator, dge, dge_derivative, estimator_names, get_estimator, register_estimator,
 )
 from lowprec.quant.granularity import Granularity
 from lowprec.quant.occ import OCC
@@ -13,6 +13,6 @@ from lowprec.quant.scaling import SCALE_RULES, scale_from_amax
 
 __all__ = [
     "CLIPPED_STE", "DGE", "Estimator", "Granularity", "OCC", "QTensor", "Quantizer", "SCALE_RULES", "STE",
-    "clamp_outliers", "dge", "dge_derivative", "get_estimator", "occ", "presets", "register_estimator",
-    "scale_from_amax", "update_amax_history",
+    "clamp_outliers", "dge", "dge_derivative", "estimator_names", "get_estimator", "occ", "presets",
+    "register_estimator", "scale_from_amax", "update_amax_history",
 ]

@@ -183,6 +183,11 @@ def register_estimator(est: Estimator) -> Estimator:
     return est
 
 
+def estimator_names() -> list[str]:
+    """Every registered estimator name, sorted (``dge(...)`` with arguments parses but is not listed)."""
+    return sorted(_ESTIMATORS)
+
+
 def get_estimator(spec: str | Estimator | Callable) -> Estimator:
     """An estimator by name (``"dge(k=3,cap=2)"`` parses too), object, or bare ``fn(xs, fmt)``."""
     if isinstance(spec, Estimator):

@@ -83,6 +83,10 @@ class Quantizer:
         _choice("kernel", self.kernel, KERNELS)
         if self.tensor_scale and self.scale in scaling.SCALE_RULES:
             raise ValueError("tensor_scale=True needs scale=<a format for the group scales>, e.g. 'e4m3fn'")
+        if self.tensor_scale and not scaling.two_level_fits(self.format, get(self.scale)):
+            raise ValueError(f"tensor_scale=True: format max times scale max ({self.format.max:g} * "
+                             f"{get(self.scale).max:g}) exceeds fp32's range, so every scale would be 0; "
+                             "use a scale format with a smaller max, e.g. 'e4m3fn'")
         if self.double_quant is not None and not isinstance(self.double_quant, Quantizer):
             raise TypeError("double_quant must be a Quantizer (for the scales) or None")
         if self.occ is not None and not isinstance(self.occ, occ_lib.OCC):

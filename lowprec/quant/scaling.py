@@ -171,6 +171,12 @@ def _pow2_ceil(am, fmax: float) -> jax.Array:
     return _E8M0.decode(jnp.clip(k + 127, 0, 254))
 
 
+def two_level_fits(fmt: Format, scale_fmt: Format) -> bool:
+    """Whether ``fmt.max * scale_fmt.max``, the tensor scale's divisor, is a finite fp32 number
+    (NVFP4: 6 * 448); for E8M0 group scales (max 2**127) it is not, and every scale would be 0."""
+    return fmt.max * scale_fmt.max <= float(jnp.finfo(jnp.float32).max)
+
+
 def two_level_scale(xg, reduce_axes, fmt: Format, scale_fmt: Format,
                     block: str = "reduce") -> tuple[jax.Array, jax.Array]:
     """NVFP4-style scales: an fp32 tensor scale times per-group scales held in ``scale_fmt``.

@@ -170,6 +170,15 @@ def test_fixed_scale():
             Quantizer("e4m3fn", source="fixed", fixed_scale=bad)
 
 
+def test_two_level_scales_whose_divisor_overflows_fp32_are_refused():
+    # E8M0 group scales under a tensor scale: 6 * 2**127 is inf in fp32, so every scale was 0 and
+    # every output 0; the Quantizer now says so. NVFP4's 6 * 448 is fine.
+    with pytest.raises(ValueError, match=r"tensor_scale=True: format max times scale max \(6 \* 1.70141e\+38\)"):
+        Quantizer("e2m1fn", "block(4)", scale="e8m0fnu", tensor_scale=True)
+    q = Quantizer("e2m1fn", "block(4)", scale="e4m3fn", tensor_scale=True)
+    np.testing.assert_allclose(np.asarray(q(jnp.arange(8.0)))[-1], 7.0, rtol=1e-6)  # the block's amax survives
+
+
 # ---------------------------------------------------------------- a value, under jit and grad
 def test_quantizer_is_a_hashable_static_jit_argument():
     a = Quantizer("e2m1fn", "channel", scale="pow2_ceil")
