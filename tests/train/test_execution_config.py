@@ -53,3 +53,15 @@ def test_pallas_transposes_are_refused_on_a_mesh_of_several_devices():
 def test_a_resumed_run_may_change_its_execution():
     old, new = _cfg().to_dict(), _cfg(execution="fp8_transposes=separate").to_dict()
     assert config_check.changes(old, new) == {}
+
+
+def test_the_telemetry_twin_runs_under_the_run_execution():
+    from lowprec.train.telemetry import flatten, make_telemetry_fn
+
+    cfg = _cfg(recipe="fp8", execution="native_fp8=off,fp8_transposes=separate")
+    mcfg, _, model = build.make_model(cfg)
+    params = nnx.state(model, nnx.Param)
+    tokens = np.zeros((1, 9), np.int32)
+    plain = flatten(*make_telemetry_fn(mcfg, build.recipe_rules(cfg), cfg.seed)(params, tokens))
+    chosen = flatten(*make_telemetry_fn(mcfg, build.recipe_rules(cfg), cfg.seed, build.execution(cfg))(params, tokens))
+    assert any("/fwd_act/" in k for k in plain) and plain == chosen  # the same bits: equal floats
