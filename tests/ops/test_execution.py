@@ -137,3 +137,16 @@ def test_assign_execution_reaches_every_quantized_layer_and_einsum():
     assert chosen == Execution(native_fp8="off") and all(m.execution == chosen for m in model.layers)
     assert model(jnp.ones((2, 8))).shape == (2, 8)
     assert lp.nn.assign_execution(model, None) is None and all(m.execution is None for m in model.layers)
+
+
+def test_recorded_recipe_json_with_execution_fields_still_decodes_to_them():
+    """A run directory's recipe definition (ops.recipe_json) written with the fields on the Recipe."""
+    import json
+
+    from lowprec.ops import recipe_json
+
+    e = Execution(native_fp8="off", fp8_transposes="separate", kernel="xla", block_amax="slices")
+    old = lp.recipes.get("mxfp8").with_execution(e)
+    back = recipe_json.decode(json.loads(json.dumps(recipe_json.encode(old))))
+    assert back == old and back.execution() == e
+    assert back.with_execution(Execution()) == lp.recipes.get("mxfp8")
