@@ -32,6 +32,9 @@ class QuantModule(nnx.Module):
     layer an ``amax_history`` (an :class:`AmaxHistory`; ``sync_amax_history`` after setting
     ``recipe`` directly, which ``assign_recipes`` does).
 
+    ``execution`` (a ``quant.Execution`` or None: the recipe's own fields) chooses how its GEMMs
+    compute the recipe's bits (``assign_execution`` sets it on every layer of a model).
+
     A stacked layer (``nnx.vmap``-made) whose layers follow different recipes holds a tuple of
     them, one per layer (``assign_recipes`` with layer-index rules); it cannot be called as a
     whole: run it one layer (or run of equal layers) at a time with ``recipe`` set to that
@@ -40,6 +43,7 @@ class QuantModule(nnx.Module):
 
     def _init_quant(self, recipe, telemetry: bool) -> None:
         self.recipe = recipe_value(recipe)
+        self.execution = None
         self.grad_telemetry = GradTelemetry(ops.telemetry.probe()) if telemetry else nnx.data(None)
         self.sync_amax_history()
 
@@ -79,7 +83,8 @@ class QuantModule(nnx.Module):
         history = getattr(self, "amax_history", None)
         if history is not None:
             kwargs["amax_history"] = history[...]
-        out = op(*args, self.recipe, key, probe=probe, **kwargs)
+        execution = getattr(self, "execution", None)  # None in a module made before the field existed
+        out = op(*args, self.recipe, key, probe=probe, execution=execution, **kwargs)
         if probe is None:
             return out
         y, stats = out

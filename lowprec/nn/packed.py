@@ -118,6 +118,7 @@ class QuantizedDense(QuantModule):
         self.dtype, self.param_dtype, self.precision = like.dtype, like.param_dtype, like.precision
         self.promote_dtype, self.preferred_element_type = like.promote_dtype, like.preferred_element_type
         self.recipe, self.grad_telemetry = like.recipe, like.grad_telemetry
+        self.execution = getattr(like, "execution", None)
         history = getattr(like, "amax_history", None)
         self.amax_history = history if history is not None else nnx.data(None)
 

@@ -12,6 +12,7 @@ from flax import nnx
 
 from lowprec.nn.base import QuantModule, recipe_value
 from lowprec.ops import Recipe, recipes
+from lowprec.quant.execution import Execution
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +115,16 @@ def assign_recipes(model: nnx.Module, rules: Sequence[tuple[str, Recipe | str]])
         if pattern not in used:
             logger.warning("recipe rule %r matched no quantized layer; layers: %s", pattern, ", ".join(assigned))
     return assigned
+
+
+def assign_execution(model: nnx.Module, execution: Execution | str | dict | None) -> Execution | None:
+    """Sets every quantized layer's ``execution`` (``Execution.parse``; None: each recipe's own
+    fields), how its GEMMs compute their recipe's bits; returns the Execution set."""
+    chosen = None if execution is None else Execution.parse(execution)
+    for _, module in nnx.iter_modules(model):
+        if isinstance(module, QuantModule):
+            module.execution = chosen
+    return chosen
 
 
 @dataclasses.dataclass(frozen=True)

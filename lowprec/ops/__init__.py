@@ -11,9 +11,10 @@ from lowprec.ops.dot import dot_general, init_amax_history
 from lowprec.ops.einsum import einsum
 from lowprec.ops.native import FP8_TARGET, fp8_path, gemm_targets, parse_gemms
 from lowprec.ops.recipe import ROLES, Recipe
+from lowprec.quant.execution import Execution
 from lowprec.quant.hadamard import Hadamard
 
 __all__ = [
-    "FP8_TARGET", "Hadamard", "ROLES", "Recipe", "dot_general", "einsum", "fp8_path", "gemm_targets",
+    "Execution", "FP8_TARGET", "Hadamard", "ROLES", "Recipe", "dot_general", "einsum", "fp8_path", "gemm_targets",
     "init_amax_history", "parse_gemms", "recipes", "recipes_field", "recipes_quartet", "telemetry",
 ]

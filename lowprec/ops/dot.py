@@ -45,7 +45,7 @@ from lowprec.quant.quantizer import update_amax_history
 
 
 def dot_general(lhs, rhs, dimension_numbers, recipe: Recipe | str = "none", key=None, *, precision=None,
-                preferred_element_type=None, probe=None, amax_history=None):
+                preferred_element_type=None, probe=None, amax_history=None, execution=None):
     """``lax.dot_general(lhs, rhs, dimension_numbers)`` with ``recipe``'s quantized GEMMs.
 
     ``lhs`` is the activation and ``rhs`` the weight. ``key`` (a ``jax.random`` key) is needed
@@ -53,8 +53,10 @@ def dot_general(lhs, rhs, dimension_numbers, recipe: Recipe | str = "none", key=
     ``(y, stats)``: ``stats`` holds the forward roles' telemetry and the gradient with respect
     to ``probe`` holds the backward roles'. ``amax_history`` (``init_amax_history(recipe)``) is
     needed when a role uses delayed scaling; its gradient is the updated history.
+    ``execution`` (a ``quant.Execution`` or its string or dict form; None: the recipe's own
+    fields) chooses how the GEMMs and quantizers compute their bits (``Recipe.with_execution``).
     """
-    recipe = recipes.get(recipe)
+    recipe = recipes.get(recipe).with_execution(execution)
     amax_history = _check_history(recipe, amax_history)
     lhs, rhs = jnp.asarray(lhs), jnp.asarray(rhs)
     stochastic = recipe.needs_key()

@@ -11,13 +11,15 @@ from lowprec.ops.recipe import Recipe
 
 
 def einsum(spec: str, lhs, rhs, recipe: Recipe | str = "none", key=None, *, precision=None,
-           preferred_element_type=None, probe=None, amax_history=None):
+           preferred_element_type=None, probe=None, amax_history=None, execution=None):
     """``jnp.einsum(spec, lhs, rhs)`` with ``recipe``'s quantized GEMMs (lhs: activation,
     rhs: weight). ``spec`` names its output (``"btd,dnh->btnh"``); ``...`` may stand for
-    leading dims of the lhs and the output. Returns what ``dot_general`` returns."""
+    leading dims of the lhs and the output. ``execution``: as in ``dot_general``. Returns what
+    ``dot_general`` returns."""
     dn, perm = parse(spec.replace(" ", ""), lhs.ndim, rhs.ndim)
     out = dot_general(lhs, rhs, dn, recipe, key, precision=precision,
-                      preferred_element_type=preferred_element_type, probe=probe, amax_history=amax_history)
+                      preferred_element_type=preferred_element_type, probe=probe, amax_history=amax_history,
+                      execution=execution)
     y = out if probe is None else out[0]
     y = y if perm is None else y.transpose(perm)
     return y if probe is None else (y, out[1])

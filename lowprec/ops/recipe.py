@@ -7,6 +7,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from lowprec.quant import Quantizer
+from lowprec.quant.execution import FP8_TRANSPOSES, NATIVE_FP8, Execution
 from lowprec.quant.hadamard import Hadamard
 
 # The six GEMM operands, in a fixed order (telemetry rows and stochastic-rounding key folds use it).
@@ -16,8 +17,6 @@ from lowprec.quant.hadamard import Hadamard
 ROLES = ("fwd_act", "fwd_weight", "dgrad_grad", "dgrad_weight", "wgrad_grad", "wgrad_act")
 REUSED_ROLES = {"dgrad_weight": "fwd_weight", "wgrad_act": "fwd_act"}
 COMPENSATIONS = ("separate", "fused")
-NATIVE_FP8 = ("auto", "off", "on")
-FP8_TRANSPOSES = ("auto", "fused", "separate", "pallas")
 REQUANTIZE_FROM = ("input", "forward")
 # A Hadamard transform per GEMM, applied to both of its operands along the axes they contract.
 HADAMARDS = {"fwd_hadamard": ("fwd_act", "fwd_weight"), "dgrad_hadamard": ("dgrad_grad", "dgrad_weight"),
@@ -69,6 +68,10 @@ class Recipe:
     transformed operands, an input-dependent estimator (such as QuEST's trust mask) multiplies
     their results where the forward quantizer saw its input, in the transformed domain, and the
     inverse transform maps them back (the chain rule through ``y = Q(x H) Q(w H)^T``).
+    ``native_fp8`` and ``fp8_transposes`` choose how, not which numbers: a run sets them (and
+    its quantizers' ``kernel`` and ``block_amax``) through a ``quant.Execution``
+    (``with_execution``, ``dot_general(..., execution=...)``); the fields stay so that existing
+    recipe strings, JSON and run directories keep working.
     ``requantize_from``: what the backward's own ``dgrad_weight`` and ``wgrad_act`` quantizers
     quantize: ``"input"`` (the high-precision operands, transformed by ``fwd_hadamard`` if set)
     or ``"forward"`` (the forward's quantized operands, dequantized: Quartet's backward
@@ -157,6 +160,27 @@ class Recipe:
     def delayed_roles(self) -> tuple[str, ...]:
         """The roles scaled from an amax history (``source="delayed"``)."""
         return tuple(r for r in ROLES if getattr(self, r) is not None and getattr(self, r).source == "delayed")
+
+    def with_execution(self, execution: Execution | str | dict | None) -> Recipe:
+        """This recipe computed the way ``execution`` says (``Execution.parse``; None: as it is):
+        its ``native_fp8``, ``fp8_transposes`` and its quantizers' ``kernel`` and ``block_amax``
+        replaced; the numbers it describes are unchanged."""
+        if execution is None:
+            return self
+        e = Execution.parse(execution)
+        changes = {f: getattr(e, f) for f in ("native_fp8", "fp8_transposes") if getattr(self, f) != getattr(e, f)}
+        for role in ROLES:
+            q = getattr(self, role)
+            if e.apply_quantizer(q) is not q:
+                changes[role] = e.apply_quantizer(q)
+        return dataclasses.replace(self, **changes) if changes else self
+
+    def execution(self) -> Execution:
+        """The Execution this recipe's own fields say (its quantizers' ``kernel`` and
+        ``block_amax`` from the first quantized role; defaults where none is)."""
+        first = next((getattr(self, r) for r in ROLES if getattr(self, r) is not None), None)
+        return Execution(self.native_fp8, self.fp8_transposes, *(
+            () if first is None else (first.kernel, first.block_amax)))
 
     def replace(self, **changes) -> Recipe:
         """A copy with ``changes`` (validated like a new Recipe)."""

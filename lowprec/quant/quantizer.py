@@ -12,12 +12,12 @@ import jax.numpy as jnp
 from lowprec.formats import OVERFLOW_POLICIES, ROUNDING_MODES, Format, get
 from lowprec.quant import block_kernel, scaling
 from lowprec.quant import occ as occ_lib
+from lowprec.quant.execution import KERNELS
 from lowprec.quant.estimators import Estimator, get_estimator
 from lowprec.quant.granularity import Granularity
 from lowprec.quant.qtensor import QTensor
 
 SOURCES = ("absmax", "delayed", "fixed")
-KERNELS = ("auto", "xla", "pallas")
 logger = logging.getLogger(__name__)
 _logged: set = set()
 
@@ -51,7 +51,9 @@ class Quantizer:
     exactly one device, a GPU, the kernel applies and the estimator is STE (else XLA; the path
     is logged once per quantizer and shape), ``"pallas"`` always from the kernel (interpreted
     off GPUs; an error where it does not apply), ``"xla"`` never. Same bits every way;
-    ``quantize()`` (codes) is always XLA.
+    ``quantize()`` (codes) is always XLA. ``block_amax`` and ``kernel`` choose how, not which
+    numbers: a run sets them through a ``quant.Execution`` (``Execution.apply_quantizer``,
+    ``ops.dot_general(..., execution=...)``); the fields stay for existing recipes.
     """
 
     format: Format | str

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from typing import Any, Callable
 
 import jax
@@ -24,12 +25,16 @@ from flax import nnx
 
 from lowprec import data as lpdata
 from lowprec.models import llama
-from lowprec.nn import assign_recipes
+from lowprec.nn import assign_execution, assign_recipes
 from lowprec.ops import recipes
 from lowprec.optim import get_policy
+from lowprec.quant.execution import Execution
 from lowprec.train import finetune_modes, run_recipes, sharding
 from lowprec.train.config_check import ConfigError
 from lowprec.train.step import FinetuneState, TrainState, split_histories
+
+logger = logging.getLogger(__name__)
+_logged: set = set()
 
 
 def make_mesh(cfg):
@@ -47,8 +52,12 @@ def check_kernels_fit(cfg, mesh) -> None:
     (XLA would gather each of its operands onto every device, silently)."""
     if mesh.devices.size == 1:
         return
+    if execution(cfg) is not None and execution(cfg).fp8_transposes == "pallas":
+        raise ConfigError(f"execution {cfg.execution!r} has fp8_transposes='pallas', whose cast-transpose kernel is "
+                          f"not partitioned across the mesh's {mesh.devices.size} devices: train it on one device "
+                          "(mesh.devices=1), or use fp8_transposes='fused'")
     for _, spec in recipe_rules(cfg):
-        if recipes.get(spec).fp8_transposes == "pallas":
+        if execution(cfg) is None and recipes.get(spec).fp8_transposes == "pallas":
             raise ConfigError(f"recipe {spec if isinstance(spec, str) else spec.name!r} has fp8_transposes='pallas', "
                              f"whose cast-transpose kernel is not partitioned across the mesh's {mesh.devices.size} "
                              "devices: train it on one device (mesh.devices=1), or use fp8_transposes='fused'")
@@ -58,6 +67,12 @@ def recipe_rules(cfg) -> list[tuple]:
     """qat mode's rule for its targeted layers first, then the config's rules, then its recipe;
     names resolved through the run's recorded definitions (``run_recipes.resolve``)."""
     return finetune_modes.qat_rules(cfg) + run_recipes.rules(cfg) + [(".*", run_recipes.resolve(cfg, cfg.recipe))]
+
+
+def execution(cfg) -> Execution | None:
+    """The run's Execution (``cfg.execution``; None where it is ``""``: each recipe's own fields)."""
+    spec = cfg.get("execution", "")
+    return Execution.parse(spec) if spec else None
 
 
 def make_model(cfg):
@@ -70,7 +85,17 @@ def make_model(cfg):
                             vocab_size=cfg.model.vocab_size, attention=cfg.model.attention or None)
     model = llama.Llama(mcfg, nnx.Rngs(cfg.seed))
     assign_recipes(model, recipe_rules(cfg))
+    chosen = assign_execution(model, execution(cfg))
+    _log_execution(chosen)
     return mcfg, policy, model
+
+
+def _log_execution(chosen: Execution | None) -> None:
+    """Logs the run's Execution once per process and value."""
+    line = "each recipe's own fields" if chosen is None else chosen.describe()
+    if line not in _logged:
+        _logged.add(line)
+        logger.info("execution: %s", line)
 
 
 def shard(state, mesh):

@@ -15,6 +15,7 @@ import re
 
 from lowprec.models import llama
 from lowprec.optim import get_policy
+from lowprec.quant.execution import Execution
 from lowprec.train import finetune_modes, run_recipes, schema
 from lowprec.train.schema import ConfigError  # noqa: F401  (its old import path)
 
@@ -23,8 +24,9 @@ _RANGED = [f for f in schema.FIELDS if isinstance(f.allowed, schema.Range)]
 RANGES = tuple((f.path, f.allowed.lo, f.allowed.hi, f.allowed.integer) for f in _RANGED)
 OPEN_AT = {f.path: f.allowed.open_at for f in _RANGED if f.allowed.open_at}
 # Fields a resumed run may change without an override: they do not change what is computed
-# (scan_unroll: the same layers, compiled with or without a loop; absent from older runs).
-RESUME_FREE = ("train.progress", "model.scan_unroll")
+# (scan_unroll: the same layers, compiled with or without a loop; absent from older runs;
+# execution: the same bits, computed another way).
+RESUME_FREE = ("train.progress", "model.scan_unroll", "execution")
 # Fields added after runs were recorded, with the value that stands for them where a run's
 # config.json lacks them (schema.ADDED), so resuming under that value is no change.
 ADDED_DEFAULTS = {field: value for field, value in schema.ADDED if field not in RESUME_FREE}
@@ -46,6 +48,10 @@ def check(cfg, device_count: int | None = None) -> None:
             re.compile(pattern)
         except re.error as e:
             raise ConfigError(f"recipe_rules[{i}] pattern {pattern!r} is not a regular expression: {e}") from None
+    try:
+        Execution.parse(cfg.execution)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(_one_line(f"execution: {e}")) from None
     for name in run_recipes.names(cfg):
         try:
             run_recipes.resolve(cfg, name)

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lowprec import data as lpdata
-from lowprec.train import config_check, distributed, finetune, imports
+from lowprec.train import build, config_check, distributed, finetune, imports
 # Construction from a run config lives in build; these names stay importable from the loop.
 from lowprec.train.build import (  # noqa: F401
     Setup, build_model, check_kernels_fit, load_corpus, make_mesh, make_model, make_optimizer, recipe_rules, setup,
@@ -295,7 +295,8 @@ def _steps(p: _Parts, state, start: int, stop: dict, stop_at: int | None, progre
                          in_shardings=(state_sh, lpdata.batch_sharding(p.mesh)), out_shardings=(state_sh, None),
                          donate_argnums=0)
     eval_step = jax.jit(make_eval_step(make_loss_fn(built.eval_graphdef, built.rest, jax.random.key(cfg.seed + 2))))
-    telemetry_fn = functools.cache(lambda: make_telemetry_fn(built.mcfg, recipe_rules(cfg), cfg.seed))
+    telemetry_fn = functools.cache(lambda: make_telemetry_fn(built.mcfg, recipe_rules(cfg), cfg.seed,
+                                                             build.execution(cfg)))
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
     flops = model_flops_per_token(built.mcfg, cfg.data.seq_len) * tokens_per_step
     last = {"step": start}
@@ -581,7 +582,8 @@ def _steps_seeds(parts: list[_Parts], state, start: int, stop: dict, stop_at, pr
 
     def telemetry_fn(i):
         if i not in telemetry:
-            telemetry[i] = make_telemetry_fn(built.mcfg, recipe_rules(parts[i].cfg), parts[i].cfg.seed)
+            telemetry[i] = make_telemetry_fn(built.mcfg, recipe_rules(parts[i].cfg), parts[i].cfg.seed,
+                                             build.execution(parts[i].cfg))
         return telemetry[i]
 
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len

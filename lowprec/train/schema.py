@@ -72,6 +72,9 @@ FIELDS: tuple[Field, ...] = (
           "`\"param=..,compute=..,master=..,loss_scale=..\"`"),
     Field("recipe", "bf16", "every linear layer's recipe (a name or a call, [recipes](recipes.md))"),
     Field("recipe_rules", (("lm_head", "bf16"),), "(path regex, recipe) pairs, first match wins over `recipe`"),
+    Field("execution", "", "how every layer's GEMMs compute their recipe's bits, never which bits: "
+          "`\"native_fp8=..,fp8_transposes=..,kernel=..,block_amax=..\"` (`lp.ops.Execution`, "
+          "[recipes](recipes.md#execution)); `\"\"`: each recipe's own fields"),
     Field("data.source", "pypi_v1", "`pypi_v1`, `debian_v1`, `default` (= `debian_v1`, earlier runs), `text`, "
           "`tokens`, `synthetic`"),
     Field("data.seq_len", 512, "tokens per sequence", _INT1),
@@ -138,6 +141,7 @@ ADDED: tuple[tuple[str, object], ...] = (
     ("data_seed", -1),                        # the data order follows seed
     ("imports", []),
     ("model.arch", ""), ("data.tokenizer", ""), ("finetune.init_from_hf", ""),
+    ("execution", ""),                        # each recipe's own fields, as before
     ("train.seeds_per_process", 1),           # one seed per process
 )
 # Fields that moved: {old dotted path: new dotted path}. None so far.

@@ -9,16 +9,18 @@ from flax import nnx
 
 from lowprec import ops
 from lowprec.models.llama import Llama, cross_entropy
-from lowprec.nn import AmaxHistory, GradTelemetry, assign_recipes
+from lowprec.nn import AmaxHistory, GradTelemetry, assign_execution, assign_recipes
 
 
-def make_telemetry_fn(mcfg, rules, seed: int):
+def make_telemetry_fn(mcfg, rules, seed: int, execution=None):
     """A jitted ``(params, tokens_BxT, amax=None) -> {name: value}`` over a telemetry-enabled twin
     of the model (same parameters; ``amax``: the model's amax histories, when it has any):
     forward roles from sown intermediates, backward roles from the gradient of each layer's
-    telemetry probe. Names: ``<layer path>[<index>]/<role>/<stat>``."""
+    telemetry probe. Names: ``<layer path>[<index>]/<role>/<stat>``. ``execution``: the run's
+    (``nn.assign_execution``; None: each recipe's own fields)."""
     twin = Llama(mcfg.__class__(**{**mcfg.__dict__, "telemetry": True}), nnx.Rngs(seed))
     assign_recipes(twin, rules)
+    assign_execution(twin, execution)
     graphdef, _, probes, own_amax, rest = nnx.split(twin, nnx.Param, GradTelemetry, AmaxHistory, ...)
 
     def fn(params, tokens_BxT, amax=None):
