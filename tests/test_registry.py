@@ -106,3 +106,69 @@ def test_the_module_imports_nothing_from_lowprec():
     mods = [n.module or "" for n in ast.walk(ast.parse(src)) if isinstance(n, ast.ImportFrom)]
     mods += [a.name for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Import) for a in n.names]
     assert not [m for m in mods if m.startswith("lowprec")]
+
+
+def _registries():
+    """Every registry of lowprec, with a toy entry and, where the kind takes arguments, a spec
+    with arguments and what its result must satisfy."""
+    import functools
+
+    import lowprec as lp
+    from lowprec.data import pinned, sources
+    from lowprec.formats.registry import FORMATS
+    from lowprec.ops.recipes import RECIPES
+    from lowprec.optim.policy import POLICIES
+    from lowprec.quant.estimators import ESTIMATORS, Estimator, dge
+    from lowprec.quant.presets import PRESET_REGISTRY
+
+    def toy_loader(size=1, **options):
+        return ("corpus", size)
+
+    return {
+        "format": (FORMATS, lambda: lp.formats.FloatFormat(2, 2), {}, None),
+        "recipe": (RECIPES, lambda: lp.ops.Recipe(), {}, ("compute_dtype='bfloat16'", lambda r: r.compute_dtype == "bfloat16")),
+        "estimator": (ESTIMATORS, lambda: Estimator("toy"), {"factory": lambda k=2.0: dge(k=k)},
+                      ("k=3", lambda e: e == dge(k=3))),
+        "policy": (POLICIES, lambda: lp.optim.Policy(compute_dtype="float16"), {},
+                   ("loss_scale='dynamic'", lambda p: p.loss_scale == "dynamic" and p.compute_dtype == "float16")),
+        "preset": (PRESET_REGISTRY, lambda: lp.Quantizer("int4", "tensor"), {},
+                   ("granularity='channel'", lambda q: q == lp.Quantizer("int4", "channel"))),
+        "data source": (sources.SOURCES, lambda: toy_loader, {},
+                        ("size=3", lambda f: isinstance(f, functools.partial) and f() == ("corpus", 3))),
+        "corpus": (pinned.CORPORA, lambda: pinned.get("pypi_v1"), {}, None),
+    }
+
+
+def test_every_registry_of_lowprec_is_in_the_conformance_suite():
+    """A new ``Registry(...)`` in lowprec must join ``_registries`` (so it is tested below)."""
+    root = pathlib.Path(__file__).resolve().parents[1] / "lowprec"
+    kinds = set()
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Registry" and node.args:
+                kinds.add(ast.literal_eval(node.args[0]))
+    assert kinds == set(_registries())
+
+
+@pytest.mark.parametrize("kind", ["format", "recipe", "estimator", "policy", "preset", "data source", "corpus"])
+def test_every_registry_answers_the_same_way(kind):
+    reg, make, how, with_args = _registries()[kind]
+    assert reg.kind == kind and "toy_entry" not in reg.names()
+    stored = reg.register("toy_entry", make(), **how)
+    try:
+        assert reg.get("toy_entry") is stored and "toy_entry" in reg.names() and reg.names() == sorted(reg.names())
+        if with_args is None:
+            with pytest.raises(ValueError, match=rf"^{kind} 'toy_entry\(x=1\)': toy_entry takes no arguments$"):
+                reg.get("toy_entry(x=1)")
+        else:
+            args, ok = with_args
+            assert ok(reg.get(f"toy_entry({args})"))
+            with pytest.raises(ValueError, match=rf"^{kind} 'toy_entry\(bogus=1\)': unknown argument 'bogus'; known: "):
+                reg.get("toy_entry(bogus=1)")
+        with pytest.raises(ValueError, match=rf"^{kind} spec 'toy_entry\(': "):
+            reg.get("toy_entry(")
+    finally:
+        reg.unregister("toy_entry")
+    assert "toy_entry" not in reg.names()
+    with pytest.raises(ValueError, match=rf"^unknown {kind} 'toy_entry'; known: {reg.names()[0]}, "):
+        reg.get("toy_entry")
