@@ -118,8 +118,6 @@ class Registry:
         if isinstance(spec, str) and spec.strip() in self._entries:
             return self._entries[spec.strip()]
         name, kwargs = parse_call(spec, kind=self.kind, words=self.words)
-        if name in self._entries and not kwargs and "(" not in spec:
-            return self._entries[name]
         build, known = self._builder(name)
         if build is None:
             if name in self._entries:
