@@ -21,6 +21,7 @@ from lowprec.data import store
 from lowprec.data.build import Part, assemble
 from lowprec.data.corpus import Corpus
 from lowprec.data.fetch import FetchError, download
+from lowprec.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -90,22 +91,27 @@ class PinnedCorpus:
                 f"then copy DIR to this machine and set {ENV_DIR}=DIR (or pass data.path=DIR).")
 
 
-_KNOWN: dict[str, PinnedCorpus] = {}
-
-
-def register(corpus: PinnedCorpus) -> PinnedCorpus:
-    _KNOWN[corpus.name] = corpus
+def _check(name: str, corpus: PinnedCorpus) -> PinnedCorpus:
+    if not isinstance(corpus, PinnedCorpus):
+        raise TypeError(f"register needs a PinnedCorpus; got {type(corpus).__name__}")
     return corpus
 
 
+CORPORA = Registry("corpus", check=_check)
+_KNOWN = CORPORA._entries
+
+
+def register(corpus: PinnedCorpus) -> PinnedCorpus:
+    """Makes ``corpus`` known by its name (replacing one of that name)."""
+    return CORPORA.register(corpus.name, corpus, overwrite=True)
+
+
 def get(name: str) -> PinnedCorpus:
-    if name not in _KNOWN:
-        raise ValueError(f"unknown corpus '{name}'; known: {', '.join(sorted(_KNOWN))}")
-    return _KNOWN[name]
+    return CORPORA.get(name)
 
 
 def names() -> list[str]:
-    return sorted(_KNOWN)
+    return CORPORA.names()
 
 
 def identify(meta: dict) -> str | None:

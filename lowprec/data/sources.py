@@ -7,6 +7,7 @@ called ``default`` as it was before pypi_v1), local text files, token files, syn
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 from collections.abc import Callable, Sequence
@@ -19,17 +20,28 @@ from lowprec.data import pinned
 from lowprec.data.store import TOKEN_DTYPES, dtype_for, read_tokens
 from lowprec.data.synthetic import markov_bytes
 from lowprec.data.tokenizer import ByteTokenizer, Tokenizer
+from lowprec.registry import Registry, params_of
 
-_SOURCES: dict[str, Callable[..., Corpus]] = {}
+def _check(name: str, loader: Callable[..., Corpus]) -> Callable[..., Corpus]:
+    if not callable(loader):
+        raise TypeError(f"register_source({name!r}, ...) needs a function returning a Corpus; "
+                        f"got {type(loader).__name__}")
+    return loader
+
+
+# ``SOURCES.get("tokens(dtype='uint16')")`` is the loader with those options bound.
+SOURCES = Registry("data source", check=_check, derive=lambda loader, kwargs: functools.partial(loader, **kwargs),
+                   params=params_of)
+_SOURCES = SOURCES._entries
 
 
 def register_source(name: str, loader: Callable[..., Corpus]) -> None:
-    """Make ``load(name, **options)`` call ``loader(**options)``."""
-    _SOURCES[name] = loader
+    """Make ``load(name, **options)`` call ``loader(**options)`` (replacing a source of that name)."""
+    SOURCES.register(name, loader, overwrite=True)
 
 
 def source_names() -> list[str]:
-    return sorted(_SOURCES)
+    return SOURCES.names()
 
 
 def load(source: str = pinned.DEFAULT, path: str | os.PathLike | None = None, *,
@@ -43,11 +55,10 @@ def load(source: str = pinned.DEFAULT, path: str | os.PathLike | None = None, *,
     ``load("text", "notes/*.md")``, ``load("tokens", "x.bin", dtype="uint16")``,
     ``load("synthetic", num_tokens=1 << 20)``.
     """
-    if source not in _SOURCES:
-        raise ValueError(f"unknown data source '{source}'; known: {', '.join(source_names())}")
+    loader = SOURCES.get(source)
     if path:
         options["path"] = path
-    corpus = _SOURCES[source](**options)
+    corpus = loader(**options)
     return corpus.select(include, exclude) if include or exclude else corpus
 
 

@@ -8,25 +8,44 @@ from lowprec.formats.base import Format
 from lowprec.formats.codebook import NF4_VALUES, PRIMER_LUT4_VALUES, Codebook
 from lowprec.formats.floats import FloatFormat
 from lowprec.formats.ints import IntFormat
+from lowprec.registry import Registry
 
-_REGISTRY: dict[str, Format] = {}
+def _check(name: str, fmt: Format) -> Format:
+    if not isinstance(fmt, Format):
+        raise TypeError(f"register({name!r}, ...) needs a Format; got {type(fmt).__name__}")
+    return fmt
+
+
+def _fp(e: int | None = None, m: int | None = None, bias: int | None = None, specials: str = "none",
+        subnormals: bool = True, signed: bool = True, zero: bool = True) -> FloatFormat:
+    """``fp(e=3, m=2, ...)``: a FloatFormat with ``e`` exponent and ``m`` mantissa bits."""
+    if e is None or m is None:
+        raise ValueError("fp(...) needs e= and m= (exponent and mantissa bits)")
+    return FloatFormat(e, m, bias=bias, specials=specials, subnormals=subnormals, signed=signed, zero=zero)
+
+
+def _int(bits: int, signed: bool = True, narrow_range: bool = True, frac_bits: int = 0) -> IntFormat:
+    """``int(bits=5, ...)``: an IntFormat."""
+    return IntFormat(bits, signed=signed, narrow_range=narrow_range, frac_bits=frac_bits)
+
+
+def _codebook(values: tuple[float, ...]) -> Codebook:
+    """``codebook(values=(v0, v1, ...))``, also written ``codebook(v0,v1,...)``."""
+    return Codebook([float(v) for v in values])
+
+
+FORMATS = Registry("format", check=_check, words=True)
+FORMATS.constructors.update(fp=_fp, int=_int, codebook=_codebook)
 
 
 def register(name: str, fmt: Format, *, overwrite: bool = False) -> Format:
     """Makes ``fmt`` available as ``get(name)`` (and in configs). Returns it."""
-    if not isinstance(fmt, Format):
-        raise TypeError(f"register({name!r}, ...) needs a Format; got {type(fmt).__name__}")
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-        raise ValueError(f"format names are identifiers (letters, digits, _); got {name!r}")
-    if name in _REGISTRY and not overwrite and _REGISTRY[name] != fmt:
-        raise ValueError(f"format {name!r} is already registered as {_REGISTRY[name]!r}; pass overwrite=True")
-    _REGISTRY[name] = fmt
-    return fmt
+    return FORMATS.register(name, fmt, overwrite)
 
 
 def names() -> list[str]:
     """Every registered name, sorted."""
-    return sorted(_REGISTRY)
+    return FORMATS.names()
 
 
 def get(spec: str | Format) -> Format:
@@ -39,42 +58,10 @@ def get(spec: str | Format) -> Format:
         return spec
     if not isinstance(spec, str):
         raise TypeError(f"a format is a name, a constructor string or a Format; got {type(spec).__name__}")
-    key = spec.strip()
-    if key in _REGISTRY:
-        return _REGISTRY[key]
-    m = re.fullmatch(r"(fp|int|codebook)\((.*)\)", key.replace(" ", ""))
-    if m is None:
-        raise ValueError(f"unknown format {spec!r}; known: {', '.join(names())}; "
-                         "or a constructor: fp(e=..,m=..), int(bits=..), codebook(v0,v1,..)")
-    kind, body = m.groups()
-    if kind == "codebook":
-        return Codebook([float(v) for v in body.split(",") if v])
-    kwargs = dict(_parse_kv(item, spec) for item in body.split(",") if item)
-    if kind == "fp":
-        if "e" not in kwargs or "m" not in kwargs:
-            raise ValueError(f"{spec!r}: fp(...) needs e= and m= (exponent and mantissa bits)")
-        kwargs["exp_bits"], kwargs["man_bits"] = kwargs.pop("e"), kwargs.pop("m")
-        return _construct(FloatFormat, kwargs, spec)
-    return _construct(IntFormat, kwargs, spec)
-
-
-def _construct(cls, kwargs, spec):
-    allowed = [f for f in cls.__dataclass_fields__ if f != "label"]
-    unknown = sorted(set(kwargs) - set(allowed))
-    if unknown:
-        raise ValueError(f"{spec!r}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
-    return cls(**kwargs)
-
-
-def _parse_kv(item: str, spec: str):
-    if "=" not in item:
-        raise ValueError(f"{spec!r}: expected key=value, got {item!r}")
-    k, v = item.split("=", 1)
-    if v in ("True", "true", "False", "false"):
-        return k, v.lower() == "true"
-    if re.fullmatch(r"-?\d+", v):
-        return k, int(v)
-    return k, v
+    values = re.fullmatch(r"\s*codebook\(([^=]*)\)\s*", spec)
+    if values is not None:
+        return Codebook([float(v) for v in values.group(1).split(",") if v.strip()])
+    return FORMATS.get(spec)
 
 
 def _builtin() -> None:
@@ -96,7 +83,7 @@ def _builtin() -> None:
         register(name, fmt)
     for alias, name in {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16",
                         "e2m1": "e2m1fn", "e3m2": "e3m2fn", "e2m3": "e2m3fn", "e8m0": "e8m0fnu"}.items():
-        register(alias, _REGISTRY[name])
+        register(alias, FORMATS.get(name))
 
 
 _builtin()

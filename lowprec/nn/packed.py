@@ -58,7 +58,8 @@ def weight_quantizer(spec: str | Quantizer | NF4QLoRA) -> Quantizer | NF4QLoRA:
             raise ValueError(f"unknown weight format {spec!r}; known: a preset "
                              f"({', '.join([*presets.PRESETS, *presets.WEIGHT_FORMATS])}), "
                              "a format name (int4, int8, e2m1fn, ...) or <format>:<granularity> "
-                             f"(int4:block(128)); {e}") from None
+                             "(int4:block(128)); searched, in order: presets.WEIGHT_FORMATS, "
+                             f"presets.PRESETS, then lp.formats as <format>[:<granularity>] ({e})") from None
     return q.replace(granularity=q.granularity.along((0,)))
 
 

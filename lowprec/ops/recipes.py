@@ -31,75 +31,46 @@
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import inspect
-import re
 
 from lowprec.ops.recipe import Recipe
 from lowprec.quant import Quantizer, dge, presets
 from lowprec.quant.occ import OCC
+from lowprec.registry import Registry
 
 _POW2 = "pow2_ceil"  # the FP4 paper's sf = 2**floor(log2(6 / amax)) is 1 / 2**ceil(log2(amax / 6))
 E4M3_TENSOR = Quantizer("e4m3fn", "tensor", scale=_POW2)
 E5M2_TENSOR = Quantizer("e5m2", "tensor", scale=_POW2)
-_REGISTRY: dict[str, Recipe] = {}
+def _check(name: str, recipe: Recipe) -> Recipe:
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"register({name!r}, ...) needs a Recipe; got {type(recipe).__name__}")
+    return recipe.replace(name=name)
+
+
+RECIPES = Registry("recipe", check=_check, derive=lambda r, kwargs: r.replace(**kwargs),
+                   params=lambda r: [f.name for f in dataclasses.fields(Recipe) if f.name != "name"])
+_REGISTRY = RECIPES._entries
 
 
 def register(name: str, recipe: Recipe, *, overwrite: bool = False) -> Recipe:
     """Makes ``recipe`` available as ``get(name)`` (and by name in configs and rules)."""
-    if not isinstance(recipe, Recipe):
-        raise TypeError(f"register({name!r}, ...) needs a Recipe; got {type(recipe).__name__}")
-    if name in _REGISTRY and not overwrite and _REGISTRY[name] != recipe:
-        raise ValueError(f"recipe {name!r} is already registered; pass overwrite=True")
-    recipe = recipe.replace(name=name)
-    _REGISTRY[name] = recipe
-    return recipe
+    return RECIPES.register(name, recipe, overwrite)
 
 
 def names() -> list[str]:
     """Every registered recipe name, sorted."""
-    return sorted(_REGISTRY)
+    return RECIPES.names()
 
 
 def get(spec: str | Recipe) -> Recipe:
     """A recipe by name, a factory call such as ``"fp4(act_bits=8, dge_k=3)"``, a named recipe
     with some of its ``Recipe`` fields replaced, such as ``"fp8_delayed(fp8_transposes='pallas')"``
     (keyword arguments, literal values; for configs and command lines), or a Recipe (returned
-    as is)."""
+    as is). A recipe built from a call is named by the call."""
     if isinstance(spec, Recipe):
         return spec
-    if spec in _REGISTRY:
-        return _REGISTRY[spec]
-    call = re.fullmatch(r"\s*(\w+)\s*\((.*)\)\s*", spec or "", re.S)
-    if call and call.group(1) in _REGISTRY:
-        kwargs = _keywords(spec, call.group(2))
-        fields = [f.name for f in dataclasses.fields(Recipe) if f.name != "name"]
-        unknown = sorted(set(kwargs) - set(fields))
-        if unknown:
-            raise ValueError(f"recipe {spec!r}: unknown Recipe field(s) {', '.join(unknown)}; "
-                             f"fields: {', '.join(fields)}")
-        return _REGISTRY[call.group(1)].replace(**kwargs, name=spec.strip())
-    if call and call.group(1) in FACTORIES:
-        factory, kwargs = FACTORIES[call.group(1)], _keywords(spec, call.group(2))
-        allowed = [p for p in inspect.signature(factory).parameters if p != "name"]
-        unknown = sorted(set(kwargs) - set(allowed))
-        if unknown:
-            raise ValueError(f"recipe {spec!r}: unknown argument(s) {', '.join(unknown)}; "
-                             f"{call.group(1)}() takes {', '.join(allowed)}")
-        return factory(**kwargs).replace(name=spec.strip())
-    raise ValueError(f"unknown recipe {spec!r}; known: {', '.join(names())}, or a call of "
-                     f"{', '.join(f'{f}(...)' for f in FACTORIES)}")
-
-
-def _keywords(spec: str, text: str) -> dict:
-    try:
-        call = ast.parse(f"f({text})", mode="eval").body
-        if call.args:
-            raise ValueError("positional arguments")
-        return {k.arg: ast.literal_eval(k.value) for k in call.keywords}
-    except (SyntaxError, ValueError) as e:
-        raise ValueError(f"recipe {spec!r}: arguments must be keyword=literal pairs ({e})") from None
+    recipe = RECIPES.get(spec)
+    return recipe if spec.strip() in RECIPES else recipe.replace(name=spec.strip())
 
 
 def fp4(weight_bits: int = 4, act_bits: int = 4, *, dge_k: float | None = None, occ_alpha: float | None = None,
@@ -216,4 +187,5 @@ w8a4 = register("w8a4", fp4(8, 4))
 mxfp8 = register("mxfp8", _every_role(presets.MXFP8_E4M3))
 mxfp4 = register("mxfp4", _every_role(presets.MXFP4))
 nvfp4 = register("nvfp4", _every_role(presets.NVFP4))
-FACTORIES = {"fp4": fp4}
+FACTORIES = RECIPES.constructors
+FACTORIES["fp4"] = fp4

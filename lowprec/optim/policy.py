@@ -18,6 +18,7 @@ from lowprec.formats import ROUNDING_MODES
 from lowprec.optim import storage
 from lowprec.optim.loss_scale import loss_scaling
 from lowprec.optim.master import master_weights
+from lowprec.registry import Registry
 
 LOSS_SCALES = ("none", "static", "dynamic")
 _CONVERT = {"init_scale": float, "growth_interval": int}
@@ -108,7 +109,16 @@ class Policy:
         return tx
 
 
-PRESETS = {
+def _check(name: str, policy: Policy) -> Policy:
+    if not isinstance(policy, Policy):
+        raise TypeError(f"register({name!r}, ...) needs a Policy; got {type(policy).__name__}")
+    return policy
+
+
+# Presets; ``"mixed_bf16(loss_scale=dynamic)"`` is one with Policy fields replaced.
+POLICIES = Registry("policy", check=_check, derive=lambda p, kwargs: dataclasses.replace(p, **kwargs),
+                    params=lambda p: [f.name for f in dataclasses.fields(Policy)], words=True)
+for _name, _policy in {
     "fp32": Policy(),
     "mixed_bf16": Policy(compute_dtype="bfloat16"),
     "bf16_pure": Policy(param_dtype="bfloat16", compute_dtype="bfloat16"),
@@ -117,19 +127,26 @@ PRESETS = {
     "mixed_fp16": Policy(compute_dtype="float16", loss_scale="dynamic"),
     "fp16_master": Policy(param_dtype="float16", compute_dtype="float16", master_dtype="float32",
                           loss_scale="dynamic"),
-}
+}.items():
+    POLICIES.register(_name, _policy)
+PRESETS = POLICIES._entries  # the registry's own dict: registering a policy adds a preset
 
 
 def get_policy(spec: str | Policy) -> Policy:
-    """A policy from a preset name (``PRESETS``), a ``"key=value,..."`` string, or a Policy."""
+    """A policy from a preset name (``PRESETS``), a preset with fields replaced
+    (``"mixed_bf16(loss_scale='dynamic')"``), a ``"key=value,..."`` string, or a Policy."""
     if isinstance(spec, Policy):
         return spec
     if spec in PRESETS:
         return PRESETS[spec]
-    if "=" not in spec:
-        raise ValueError(f"unknown policy {spec!r}; presets: {', '.join(PRESETS)}; or key=value,... "
-                         f"with keys {', '.join(_KEYS)}")
-    return Policy.parse(spec)
+    if "=" in spec and "(" not in spec:
+        return Policy.parse(spec)
+    try:
+        return POLICIES.get(spec)
+    except ValueError as e:
+        if str(e).startswith("unknown policy"):
+            raise ValueError(f"{e}; or key=value,... with keys {', '.join(_KEYS)}") from None
+        raise
 
 
 def _cast_floats(tree, dtype: str):

@@ -17,13 +17,13 @@ grid of any format). A user-defined estimator is any hashable ``fn(xs, fmt) -> d
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
 from lowprec.formats import Format
+from lowprec.registry import Registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,15 +172,34 @@ STE = Estimator("ste")
 CLIPPED_STE = Estimator("clipped_ste", clipped_ste_derivative)
 DGE = dge()
 QUEST_TRUST = Estimator("quest_trust", quest_trust_derivative)
-_ESTIMATORS: dict[str, Estimator] = {e.name: e for e in (STE, CLIPPED_STE, DGE, QUEST_TRUST)}
+def _check(name: str, est: Estimator) -> Estimator:
+    if not isinstance(est, Estimator):
+        raise TypeError(f"register_estimator needs an Estimator; got {type(est).__name__}")
+    return est
+
+
+def _dge_spec(k: float = 5.0, cap: float = 3.0, dtype: str | None = None, outside: str = "end",
+              mean_one: bool = False) -> Estimator:
+    """``dge(k=3, cap=2, dtype=bfloat16, outside=msamp, mean_one=true)`` from a spec string."""
+    for field, value in (("k", k), ("cap", cap)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"estimator dge: {field} must be a number; got {value!r}")
+    if not isinstance(mean_one, bool):
+        raise ValueError(f"estimator dge: mean_one must be true or false; got {mean_one!r}")
+    return dge(float(k), float(cap), dtype, outside, mean_one)
+
+
+ESTIMATORS = Registry("estimator", check=_check, words=True)
+for _est in (STE, CLIPPED_STE, QUEST_TRUST):
+    ESTIMATORS.register(_est.name, _est)
+ESTIMATORS.register("dge", DGE, factory=_dge_spec)
 
 
 def register_estimator(est: Estimator) -> Estimator:
-    """Makes ``est`` selectable by name (``Quantizer(estimator="name")``)."""
+    """Makes ``est`` selectable by name (``Quantizer(estimator="name")``); replaces one of that name."""
     if not isinstance(est, Estimator):
         raise TypeError(f"register_estimator needs an Estimator; got {type(est).__name__}")
-    _ESTIMATORS[est.name] = est
-    return est
+    return ESTIMATORS.register(est.name, est, overwrite=True)
 
 
 def estimator_names() -> list[str]:
@@ -194,33 +213,4 @@ def get_estimator(spec: str | Estimator | Callable) -> Estimator:
         return spec
     if callable(spec):
         return Estimator(getattr(spec, "__name__", type(spec).__name__), spec)
-    if spec in _ESTIMATORS:
-        return _ESTIMATORS[spec]
-    m = re.fullmatch(r"dge\((.*)\)", str(spec).replace(" ", ""))
-    if m is not None:
-        return _parse_dge(spec, m.group(1))
-    raise ValueError(f"unknown estimator {spec!r}; known: {', '.join(sorted(_ESTIMATORS))}, "
-                     "dge(k=...,cap=...,dtype=...,outside=...,mean_one=...), or an Estimator / function (xs, fmt) -> derivative")
-
-
-def _parse_dge(spec: str, args: str) -> Estimator:
-    """``dge(...)`` from its argument string ``"k=3,cap=2,dtype=bfloat16,outside=msamp"``."""
-    kwargs = {}
-    for arg in filter(None, args.split(",")):
-        key, _, value = arg.partition("=")
-        if key in ("dtype", "outside"):
-            kwargs[key] = value.strip("'\"")
-            continue
-        if key == "mean_one":
-            if value.lower() not in ("true", "false"):
-                raise ValueError(f"cannot parse estimator {spec!r}: mean_one must be true or false; got {value!r}")
-            kwargs[key] = value.lower() == "true"
-            continue
-        if key not in ("k", "cap"):
-            raise ValueError(f"cannot parse estimator {spec!r}: unknown argument {key!r}; "
-                             "known: k, cap, dtype, outside, mean_one")
-        try:
-            kwargs[key] = float(value)
-        except ValueError:
-            raise ValueError(f"cannot parse estimator {spec!r}: {key} must be a number; got {value!r}") from None
-    return dge(**kwargs)
+    return ESTIMATORS.get(spec)

@@ -11,8 +11,11 @@ absmax minus its mean in bitsandbytes' 8-bit dynamic code in blocks of 256); a s
 format (``WEIGHT_FORMATS``), not a Quantizer: see ``lowprec.quant.nf4_qlora``.
 """
 
+import dataclasses
+
 from lowprec.quant.nf4_qlora import NF4QLoRA
 from lowprec.quant.quantizer import Quantizer
+from lowprec.registry import Registry
 
 MXFP8_E4M3 = Quantizer("e4m3fn", "block(32)", scale="pow2_floor")
 MXFP8_E5M2 = Quantizer("e5m2", "block(32)", scale="pow2_floor")
@@ -28,18 +31,27 @@ INT4_CHANNEL = Quantizer("int4", "channel")
 NF4 = Quantizer("nf4", "block(64)", double_quant=Quantizer("int8", "block(256)"))
 NF4_QLORA = NF4QLoRA()
 
-PRESETS = {
+def _check(name: str, q: Quantizer) -> Quantizer:
+    if not isinstance(q, Quantizer):
+        raise TypeError(f"register({name!r}, ...) needs a Quantizer; got {type(q).__name__}")
+    return q
+
+
+# ``"nf4(granularity='block(128)')"`` is a preset with Quantizer fields replaced.
+PRESET_REGISTRY = Registry("preset", check=_check, derive=lambda q, kwargs: q.replace(**kwargs),
+                           params=lambda q: [f.name for f in dataclasses.fields(Quantizer)])
+for _name, _q in {
     "mxfp8_e4m3": MXFP8_E4M3, "mxfp8_e5m2": MXFP8_E5M2, "mxfp6_e3m2": MXFP6_E3M2,
     "mxfp6_e2m3": MXFP6_E2M3, "mxfp4": MXFP4, "mxint8": MXINT8, "nvfp4": NVFP4,
     "fp4_paper_weight": FP4_PAPER_WEIGHT, "fp4_paper_activation": FP4_PAPER_ACTIVATION,
     "int8_channel": INT8_CHANNEL, "int4_channel": INT4_CHANNEL, "nf4": NF4,
-}
+}.items():
+    PRESET_REGISTRY.register(_name, _q)
+PRESETS = PRESET_REGISTRY._entries  # the registry's own dict
 # Stored weight formats that are not Quantizers (no fake quantization, no estimator).
 WEIGHT_FORMATS = {"nf4_qlora": NF4_QLORA}
 
 
-def get(name: str) -> Quantizer:
-    """A preset by name."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
-    return PRESETS[name]
+def get(spec: str) -> Quantizer:
+    """A preset by name, or with some Quantizer fields replaced (``"nf4(granularity='block(128)')"``)."""
+    return PRESET_REGISTRY.get(spec)

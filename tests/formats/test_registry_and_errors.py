@@ -24,7 +24,7 @@ BUILTINS = {
 @pytest.fixture
 def scratch_registry(monkeypatch):
     """Registrations inside a test do not leak into others."""
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry.FORMATS, "_entries", dict(registry.FORMATS._entries))
 
 
 @pytest.mark.parametrize("name", BUILTINS)

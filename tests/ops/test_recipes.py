@@ -104,7 +104,7 @@ def test_a_named_recipe_with_fields_replaced():
 
 @pytest.mark.parametrize("spec, words", [("fp4(4)", "keyword=literal"), ("fp4(bogus=1)", "bogus"),
                                          ("fp4(dge_k=x)", "keyword=literal"), ("nope", "fp4(...)"),
-                                         ("fp8(transposes=1)", "unknown Recipe field(s) transposes; fields: fwd_act"),
+                                         ("fp8(transposes=1)", "unknown argument 'transposes'; known: fwd_act"),
                                          ("fp8(fp8_transposes='eager')", "known: auto, fused, separate, pallas")])
 def test_bad_recipe_specs_name_the_problem(spec, words):
     with pytest.raises(ValueError, match=re.escape(words)):

@@ -61,7 +61,7 @@ def test_stochastic_policy_needs_a_key():
 
 
 @pytest.mark.parametrize("spec, match", [
-    ("bf17", "unknown policy 'bf17'; presets: fp32, mixed_bf16"),
+    ("bf17", "unknown policy 'bf17'; known: bf16_master, bf16_pure"),
     ("param=bf16,foo=1", "key one of param, compute, output, master"),
     ("param=bf16,init_scale=big", "init_scale='big' must be a number"),
     ("loss_scale=auto", "unknown loss_scale 'auto'; known: none, static, dynamic"),
