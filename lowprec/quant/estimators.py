@@ -204,7 +204,7 @@ def register_estimator(est: Estimator) -> Estimator:
 
 def estimator_names() -> list[str]:
     """Every registered estimator name, sorted (``dge(...)`` with arguments parses but is not listed)."""
-    return sorted(_ESTIMATORS)
+    return ESTIMATORS.names()
 
 
 def get_estimator(spec: str | Estimator | Callable) -> Estimator:

@@ -134,7 +134,7 @@ def test_every_other_recipe_conforms(name):
 @pytest.fixture
 def scratch_registry(monkeypatch):
     """A user's registration inside a test, gone after it."""
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry.FORMATS, "_entries", dict(registry.FORMATS._entries))
 
 
 def test_a_user_registered_format_is_checked_by_the_suite(scratch_registry):
@@ -161,7 +161,7 @@ def test_the_suite_names_the_format_and_property_that_fail(scratch_registry):
 def test_a_user_estimator_is_checked_by_the_suite(monkeypatch):
     from lowprec.quant import estimators
 
-    monkeypatch.setattr(estimators, "_ESTIMATORS", dict(estimators._ESTIMATORS))
+    monkeypatch.setattr(estimators.ESTIMATORS, "_entries", dict(estimators.ESTIMATORS._entries))
     lp.quant.register_estimator(lp.quant.Estimator("toy_half", _half))
     assert "toy_half" in lp.quant.estimator_names()
     check_estimator("toy_half")
