@@ -25,9 +25,10 @@ import math
 import os
 import sys
 
+from configs import fp4_ablation_v2
 from experiments import paired
 from experiments import report as sweep_report
-from experiments.reporting import load, summary
+from experiments.reporting import load, markdown, summary
 
 NO_EFFECT, EFFECT = 0.02, 0.03
 RULE = (f"Paired differences d_s = setting − baseline of the final validation loss (nats per byte) per "
@@ -36,7 +37,7 @@ RULE = (f"Paired differences d_s = setting − baseline of the final validation 
         f"with a diverged or failed run is named as such; one without finished runs leaves its comparisons "
         f"**not run**, or, where its runs stopped early, is compared at the last validation step every seed "
         f"of both settings reached (**unfinished; at step N**).")
-LR_HIGH = 3e-3
+LR_HIGH = fp4_ablation_v2.LR_HIGH
 # (hypothesis, what it predicts, [(setting, baseline)]): a setting is (recipe, lr or None for the default).
 HYPOTHESES = (
     ("DGE vs STE, weights per output channel (v1's layout)",
@@ -76,16 +77,14 @@ def collect(root: str) -> tuple[dict, dict, str, dict]:
     the device line, {setting: {seed: {step: val loss}}} of every run with validation records)
     from the runs under ``root``."""
     swept = load.load(root)
-    default_lr = 1e-3
+    default_lr = fp4_ablation_v2.get_config().optim.lr  # a run at this rate is keyed without it
     values, bad, devices, curves = {}, {}, set(), {}
     for run in swept.runs:
         s = summary.summarize(run)
         key = _key(run, default_lr)
         seed = run.value("seed")
         curves.setdefault(key, {})[seed] = {r["step"]: r["loss"] for r in run.val if math.isfinite(r.get("loss", math.nan))}
-        for line in run.log_text.splitlines():
-            if "devices:" in line:
-                devices.add(line.split("devices:", 1)[1].strip())
+        devices |= markdown.devices_named(run.log_text)
         if s.divergence:
             bad[key] = s.divergence
         elif run.status == "done" and math.isfinite(s.final_val):
